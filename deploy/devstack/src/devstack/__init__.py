@@ -1,0 +1,1 @@
+"""Local infrastructure for the demo and the tests: real Kafka, real PostgreSQL, Twilio contract mock."""

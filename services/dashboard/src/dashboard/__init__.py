@@ -1,0 +1,1 @@
+"""Aggregates pending-action counts from the stream with faust-streaming and serves the dashboard."""

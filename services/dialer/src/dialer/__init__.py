@@ -1,0 +1,1 @@
+"""Places calls through Twilio Voice and reports their results as events."""

@@ -1,0 +1,1 @@
+"""Sends SMS through Twilio exactly once per command and reports the results as events."""

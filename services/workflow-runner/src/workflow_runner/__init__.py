@@ -1,0 +1,1 @@
+"""Owns contacts, users, workflows and enrollments; runs steps and queues manual actions."""
