@@ -1,0 +1,82 @@
+"""Fixtures that run the five services as separate processes against the session's stack."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.processes import SERVICES, ServiceProcesses
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def services(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcesses]:
+    run_dir = Path(tmp_path_factory.mktemp("e2e-services"))
+    processes = ServiceProcesses(
+        stack,
+        run_dir,
+        ports={spec.name: _free_port() for spec in SERVICES},
+        database_prefix="e2e_",
+    )
+    try:
+        processes.start()
+        yield processes
+    finally:
+        processes.stop()
+
+
+async def _issue_token(identity_url: str, tenant: str, role: str) -> str:
+    from manual_actions.auth import IdentityStore, Role
+    from manual_actions.db import create_engine
+
+    engine = create_engine(identity_url)
+    try:
+        identity = IdentityStore(engine)
+        await identity.create_schema()
+        await identity.create_tenant(tenant, tenant.title())
+        return await identity.issue_token(tenant, Role(role), None, label="e2e")
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def new_tenant(stack: Any, services: ServiceProcesses) -> Callable[[], tuple[str, str]]:
+    """Make a fresh tenant; returns (tenant id, admin token)."""
+
+    def make() -> tuple[str, str]:
+        tenant = f"t{uuid.uuid4().hex[:10]}"
+        identity_url = services.env_for("action-queue")["IDENTITY_DATABASE_URL"]
+        with asyncio.Runner() as runner:
+            token = runner.run(_issue_token(identity_url, tenant, "admin"))
+        return tenant, token
+
+    return make
+
+
+def api(base_url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def eventually(probe: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``probe`` until it returns a truthy value; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
