@@ -99,23 +99,32 @@ class ServiceProcesses:
         env.update(self.extra_env)
         return env
 
-    def start(self, names: Iterable[str] | None = None, *, timeout: float = 90.0) -> None:
-        """Start the named services (all by default) and wait until each answers ``/ready``."""
+    def start(
+        self,
+        names: Iterable[str] | None = None,
+        *,
+        timeout: float = 90.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start the named services (all by default) and wait until each answers ``/ready``.
+
+        ``env`` adds variables for this start only (e.g. a crash point for a recovery test).
+        """
         wanted = list(names or self.ports)
         for name in wanted:
-            self._spawn(name)
+            self._spawn(name, env or {})
         deadline = time.monotonic() + timeout
         for name in wanted:
             self._wait_ready(name, deadline)
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, name: str, extra: Mapping[str, str]) -> None:
         existing = self.processes.get(name)
         if existing is not None and existing.poll() is None:
             return
         executable = Path(sys.executable).parent / name
         log = self.log_path(name).open("ab")
         self.processes[name] = subprocess.Popen(
-            [str(executable)], env=self.env_for(name), stdout=log, stderr=subprocess.STDOUT,
+            [str(executable)], env={**self.env_for(name), **extra}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -143,6 +152,11 @@ class ServiceProcesses:
         process = self.processes.pop(name)
         process.send_signal(sig)
         return process.wait(timeout=30)
+
+    def wait_exit(self, name: str, timeout: float = 60.0) -> int:
+        """Wait for a service to exit on its own (e.g. at a crash point); returns the exit code."""
+        process = self.processes.pop(name)
+        return process.wait(timeout=timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM every service, SIGKILL what is still running after ``timeout``."""
