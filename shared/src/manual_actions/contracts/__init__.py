@@ -1,6 +1,11 @@
-"""Event and command contracts: envelope, typed payloads, topics, codec and the schema registry."""
+"""Event and command contracts: envelope, typed payloads, topics, codec and the schema registry.
 
-from manual_actions.contracts.codec import InvalidMessage, decode, encode
+``registry`` (topics, schemas, examples, ``validate_envelope``) and ``dead_letters`` (dead-letter
+header names) are submodules: import them as ``from manual_actions.contracts import registry``.
+"""
+
+from manual_actions.contracts import dead_letters, registry
+from manual_actions.contracts.codec import InvalidMessage, decode, decode_document, encode
 from manual_actions.contracts.envelope import Envelope, Payload
 from manual_actions.contracts.messages import (
     ActionCompleted,
@@ -14,6 +19,7 @@ from manual_actions.contracts.messages import (
     SmsFailed,
     SmsSent,
 )
+from manual_actions.contracts.upcasting import upcaster
 
 __all__ = [
     "ActionCompleted",
@@ -29,6 +35,10 @@ __all__ = [
     "SendSms",
     "SmsFailed",
     "SmsSent",
+    "dead_letters",
     "decode",
+    "decode_document",
     "encode",
+    "registry",
+    "upcaster",
 ]

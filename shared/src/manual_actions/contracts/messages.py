@@ -30,7 +30,9 @@ class ContactSnapshot(Payload):
     message_type: ClassVar[str] = "ContactSnapshot"
     contact_id: uuid.UUID
     name: str
-    phone: str | None = Field(default=None, description="E.164 phone number, if the contact has a valid one.")
+    phone: str | None = Field(
+        default=None, pattern=E164, description="E.164 phone number, if the contact has a valid one."
+    )
 
 
 # --- action lifecycle events (topic manual-actions.action-lifecycle) ---------------------------
@@ -49,7 +51,9 @@ class ActionQueued(Payload):
     step_id: str
     enrollment_id: uuid.UUID
     contact: ContactSnapshot
-    assignee_user_id: uuid.UUID | None = Field(description="Who must work it; null when nobody could be assigned.")
+    assignee_user_id: uuid.UUID | None = Field(
+        description="Who must work it; null when nobody could be assigned."
+    )
     message: str | None = Field(default=None, description="Rendered SMS text (SMS actions only).")
     priority: int = Field(default=0, ge=0, le=100)
     queued_at: datetime
@@ -64,7 +68,9 @@ class ActionCompleted(Payload):
     enrollment_id: uuid.UUID
     step_id: str
     assignee_user_id: uuid.UUID | None
-    outcome: str = Field(min_length=1, description="sent for SMS; connected, no_answer, voicemail, busy... for calls.")
+    outcome: str = Field(
+        min_length=1, description="sent for SMS; connected, no_answer, voicemail, busy... for calls."
+    )
     notes: str | None = None
     completed_by: uuid.UUID | None = Field(description="User who completed it; null when the system did.")
     completed_at: datetime
@@ -121,7 +127,7 @@ class SmsSent(Payload):
     command_id: uuid.UUID
     action_id: uuid.UUID
     message_sid: str = Field(pattern=r"^(SM|MM)[0-9a-fA-F]{32}$")
-    to: str
+    to: str = Field(pattern=E164)
     delivery_status: str = Field(description="Twilio MessageStatus: sent or delivered.")
     sent_at: datetime
 
