@@ -1,14 +1,51 @@
-"""Running a service process: HTTP server plus background loops, with clean shutdown."""
+"""Running a service process: HTTP server plus background loops, with clean shutdown.
+
+A service's ``main.py`` ends with ``asyncio.run(serve(app, settings, background=[...],
+on_shutdown=[...]))``. Shutdown order: stop accepting HTTP requests and finish in-flight ones,
+cancel the background loops and wait for them, then run ``on_shutdown`` callables in order
+(close producers, dispose engines). The exit status tells the supervisor what happened:
+0 after SIGTERM/SIGINT, 1 when a background loop failed (``SystemExit(1)``), uvicorn's own
+non-zero status when the server could not start (port taken, lifespan failure).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Generator, Sequence
 
+import uvicorn
 from fastapi import FastAPI
 
+from manual_actions.metrics import BACKGROUND_LOOP_CRASHES
 from manual_actions.settings import ServiceSettings
 
 BackgroundLoop = Callable[[], Awaitable[None]]
+
+logger = logging.getLogger("manual_actions.service")
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server minus its own signal handling.
+
+    ``serve`` owns SIGTERM/SIGINT for the whole process (HTTP and loops alike). uvicorn's handler
+    would also re-raise the captured signal after shutdown, killing the process by signal before
+    ``on_shutdown`` has run and hiding the exit status.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _loop_name(loop: BackgroundLoop) -> str:
+    target = loop.func if isinstance(loop, functools.partial) else loop
+    return str(getattr(target, "__qualname__", None) or repr(target))
 
 
 async def serve(
@@ -17,8 +54,95 @@ async def serve(
     *,
     background: Sequence[BackgroundLoop] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    shutdown_timeout: float = 10.0,
+    install_signal_handlers: bool = True,
 ) -> None:
     """Run uvicorn for ``app`` on settings.http_host:http_port and every background loop in the
     same event loop until SIGTERM/SIGINT; a loop that crashes stops the process (non-zero exit)
-    rather than leaving a half-working service. ``on_shutdown`` callables run last."""
-    raise NotImplementedError
+    rather than leaving a half-working service. ``on_shutdown`` callables run last.
+
+    A background loop is expected to run until cancelled: one that raises, or that returns while
+    the service is running, is logged and makes ``serve`` stop everything and raise
+    ``SystemExit(1)`` after the cleanup. Loops and each ``on_shutdown`` callable get
+    ``shutdown_timeout`` seconds to finish; an ``on_shutdown`` failure is logged and the rest
+    still run. A second SIGINT during shutdown skips waiting for open HTTP connections.
+    """
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,  # keep the JSON logging configured by configure_logging
+        access_log=False,  # manual_actions.http logs each request with route and duration
+        timeout_graceful_shutdown=int(shutdown_timeout),
+        server_header=False,
+    )
+    server = _Server(config)
+    failed: list[str] = []
+
+    def request_stop() -> None:
+        server.should_exit = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        if server.should_exit:
+            logger.warning("Received %s again; not waiting for open connections", sig.name)
+            server.force_exit = True
+        else:
+            logger.info("Received %s; stopping", sig.name)
+        request_stop()
+
+    async def supervise(loop_fn: BackgroundLoop) -> None:
+        name = _loop_name(loop_fn)
+        try:
+            await loop_fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if server.should_exit:
+                logger.exception("Background loop %s failed while stopping", name, extra={"loop": name})
+                return
+            logger.exception("Background loop %s crashed; stopping the service", name, extra={"loop": name})
+            BACKGROUND_LOOP_CRASHES.labels(loop=name).inc()
+            failed.append(name)
+        else:
+            if server.should_exit:
+                return
+            logger.error("Background loop %s returned while the service was running; stopping the service",
+                         name, extra={"loop": name})
+            failed.append(name)
+        request_stop()
+
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signal_handlers:
+        for sig in _STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / platform
+                logger.warning("Cannot install a handler for %s; stop the service another way", sig.name)
+            else:
+                installed.append(sig)
+
+    tasks = [asyncio.create_task(supervise(fn), name=_loop_name(fn)) for fn in background]
+    try:
+        await server.serve()
+    finally:
+        request_stop()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=shutdown_timeout)
+            for task in pending:
+                logger.error(
+                    "Background loop %s did not stop within %.0f s", task.get_name(), shutdown_timeout
+                )
+        for callback in on_shutdown:
+            try:
+                await asyncio.wait_for(callback(), timeout=shutdown_timeout)
+            except Exception:
+                logger.exception("Shutdown step %s failed", _loop_name(callback))
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if failed:
+        logger.error("Stopped because background loop(s) failed: %s", ", ".join(failed))
+        raise SystemExit(1)
+    logger.info("Stopped")

@@ -1,0 +1,287 @@
+"""The identity store: tenants and hashed API tokens in the identity database.
+
+Why opaque hashed tokens in one shared database: ``docs/decisions/0006-identity-store-and-tokens.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from manual_actions.db import advisory_lock_key
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MANAGER = "manager"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: every query a route runs is scoped by ``tenant``."""
+
+    tenant: str
+    role: Role
+    user_id: uuid.UUID | None
+    token_id: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token's metadata (never its secret)."""
+
+    id: str
+    tenant: str
+    role: Role
+    user_id: uuid.UUID | None
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class UnknownTenantError(LookupError):
+    """A token was requested for a tenant that does not exist."""
+
+
+class UnknownTokenError(LookupError):
+    """No token has this id."""
+
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("role", Text, nullable=False),
+    Column("user_id", Uuid, nullable=True),
+    # Hex SHA-256 of the secret part; the plaintext token exists only in the response to its creation.
+    Column("secret_hash", Text, nullable=False),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("role IN ('admin', 'manager', 'agent')", name="api_tokens_role_known"),
+)
+
+TOKEN_PREFIX = "ma"
+# 8 random bytes as hex: unique enough as a key, never contains the "_" separator.
+_TOKEN_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+# Tenant ids travel in events, partition keys, log lines and URLs: keep them plain.
+TENANT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Anything longer than a real token is rejected before hashing (a cheap guard against junk).
+_MAX_TOKEN_LENGTH = 128
+# Serialises concurrent create_schema calls (several services may start at once).
+_SCHEMA_LOCK_KEY = advisory_lock_key("manual_actions.auth.schema")
+
+
+def _hash_secret(secret: str) -> str:
+    # A fast hash is enough: the secret is 256 random bits, so there is nothing to brute-force
+    # that a slow KDF would protect (see decision 0006).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """``(token id, secret)`` for a well-formed ``ma_<id>_<secret>`` string, else None."""
+    if len(token) > _MAX_TOKEN_LENGTH:
+        return None
+    prefix, _, rest = token.partition("_")
+    token_id, _, secret = rest.partition("_")
+    if prefix != TOKEN_PREFIX or not _TOKEN_ID_PATTERN.fullmatch(token_id) or not secret:
+        return None
+    return token_id, secret
+
+
+@dataclass
+class _CacheEntry:
+    expires_at: float
+    principal: Principal | None
+    token_id: str | None
+
+
+class IdentityStore:
+    """Tenants and tokens. ``create_schema`` is idempotent.
+
+    ``authenticate`` caches each answer (valid or not) for ``cache_ttl`` seconds per process, so
+    a busy API does not query the identity database on every request. Consequence: a token
+    revoked in another process keeps working here for at most ``cache_ttl`` seconds; revoking
+    through this instance takes effect here at once. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        cache_ttl: float = 5.0,
+        cache_max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._cache_ttl = cache_ttl
+        self._cache_max_entries = cache_max_entries
+        self._clock = clock
+        # Keyed by SHA-256 of the whole token so no plaintext token is kept in memory longer
+        # than the request that carried it.
+        self._cache: dict[bytes, _CacheEntry] = {}
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def create_schema(self) -> None:
+        """Create the tables if missing; safe when several processes run it at once."""
+        async with self._engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            await conn.run_sync(metadata.create_all)
+
+    async def ping(self) -> None:
+        """Readiness check: returns when the identity database answers, raises otherwise."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def create_tenant(self, tenant: str, name: str) -> None:
+        """Create the tenant; idempotent for the same id (a new ``name`` replaces the old one).
+
+        Raises ``ValueError`` for an id outside ``TENANT_ID_PATTERN``.
+        """
+        if not TENANT_ID_PATTERN.fullmatch(tenant):
+            raise ValueError(
+                f"tenant id {tenant!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a "
+                "letter or digit"
+            )
+        statement = insert(tenants).values(id=tenant, name=name)
+        statement = statement.on_conflict_do_update(index_elements=[tenants.c.id], set_={"name": name})
+        async with self._engine.begin() as conn:
+            await conn.execute(statement)
+
+    async def issue_token(self, tenant: str, role: Role, user_id: uuid.UUID | None = None,
+                          label: str = "") -> str:
+        """Return a new plaintext token (shown once); store only its hash.
+
+        Raises ``UnknownTenantError`` if the tenant does not exist.
+        """
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    api_tokens.insert().values(
+                        id=token_id, tenant_id=tenant, role=Role(role).value, user_id=user_id,
+                        secret_hash=_hash_secret(secret), label=label,
+                    )
+                )
+        except IntegrityError as exc:
+            if "api_tokens_tenant_id_fkey" in str(exc.orig) or "foreign key" in str(exc.orig).lower():
+                raise UnknownTenantError(f"no tenant {tenant!r}") from exc
+            raise
+        return f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+    async def revoke_token(self, token_id: str) -> None:
+        """Mark the token revoked (revoking twice keeps the first time).
+
+        Raises ``UnknownTokenError`` if no token has this id. Other processes stop accepting it
+        once their cache entry expires (``cache_ttl``).
+        """
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_tokens)
+                .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=func.now())
+            )
+            if result.rowcount == 0:
+                exists = await conn.scalar(select(api_tokens.c.id).where(api_tokens.c.id == token_id))
+                if exists is None:
+                    raise UnknownTokenError(f"no token {token_id!r}")
+        for key in [key for key, entry in self._cache.items() if entry.token_id == token_id]:
+            del self._cache[key]
+
+    async def list_tokens(self, tenant: str) -> list[TokenInfo]:
+        """The tenant's tokens, newest first, revoked ones included."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(api_tokens)
+                    .where(api_tokens.c.tenant_id == tenant)
+                    .order_by(api_tokens.c.created_at.desc(), api_tokens.c.id)
+                )
+            ).mappings().all()
+        return [
+            TokenInfo(
+                id=row["id"], tenant=row["tenant_id"], role=Role(row["role"]), user_id=row["user_id"],
+                label=row["label"], created_at=row["created_at"], revoked_at=row["revoked_at"],
+            )
+            for row in rows
+        ]
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal for a valid, unrevoked token of an existing tenant, else None."""
+        key = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires_at > now:
+            return cached.principal
+        parsed = parse_token(token)
+        principal = await self._lookup(*parsed) if parsed else None
+        self._remember(key, _CacheEntry(now + self._cache_ttl, principal, parsed[0] if parsed else None))
+        return principal
+
+    async def _lookup(self, token_id: str, secret: str) -> Principal | None:
+        query = (
+            select(api_tokens.c.tenant_id, api_tokens.c.role, api_tokens.c.user_id,
+                   api_tokens.c.secret_hash)
+            .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
+            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        if not hmac.compare_digest(row["secret_hash"], _hash_secret(secret)):
+            return None
+        return Principal(tenant=row["tenant_id"], role=Role(row["role"]), user_id=row["user_id"],
+                         token_id=token_id)
+
+    def _remember(self, key: bytes, entry: _CacheEntry) -> None:
+        if len(self._cache) >= self._cache_max_entries:
+            now = self._clock()
+            for stale in [k for k, e in self._cache.items() if e.expires_at <= now]:
+                del self._cache[stale]
+            if len(self._cache) >= self._cache_max_entries:
+                # Flooded with distinct tokens (likely junk): forget everything rather than grow.
+                self._cache.clear()
+        self._cache[key] = entry

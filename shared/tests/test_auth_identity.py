@@ -1,0 +1,279 @@
+"""IdentityStore and the role dependencies against the real PostgreSQL (``stack`` fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+from manual_actions.auth import (
+    IdentityStore,
+    Principal,
+    Role,
+    UnknownTenantError,
+    UnknownTokenError,
+    api_tokens,
+    current_principal,
+    parse_token,
+    require_roles,
+)
+from manual_actions.http import PROBLEM_JSON, create_app
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+pytestmark = pytest.mark.integration
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+async def engine(stack: Any) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(stack.database_url("identity_test"))
+    await IdentityStore(engine).create_schema()
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> IdentityStore:
+    return IdentityStore(engine)
+
+
+def split(token: str) -> tuple[str, str]:
+    parsed = parse_token(token)
+    assert parsed is not None, token
+    return parsed
+
+
+def new_tenant_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+async def tenant(store: IdentityStore) -> str:
+    tenant_id = new_tenant_id()
+    await store.create_tenant(tenant_id, f"Tenant {tenant_id}")
+    return tenant_id
+
+
+async def test_create_schema_and_tenant_are_idempotent(store: IdentityStore) -> None:
+    await store.create_schema()
+    await store.create_schema()
+    tenant_id = new_tenant_id()
+    await store.create_tenant(tenant_id, "First name")
+    await store.create_tenant(tenant_id, "Renamed")
+    token = await store.issue_token(tenant_id, Role.ADMIN)
+    assert (await store.authenticate(token)) is not None
+
+
+async def test_tenant_ids_are_validated(store: IdentityStore) -> None:
+    for bad in ("", "has space", "-leading", "x" * 65, "semi;colon"):
+        with pytest.raises(ValueError):
+            await store.create_tenant(bad, "Bad")
+
+
+async def test_token_format_and_only_a_hash_is_stored(store: IdentityStore, engine: AsyncEngine) -> None:
+    tenant_id = await tenant(store)
+    user = uuid.uuid4()
+    token = await store.issue_token(tenant_id, Role.AGENT, user_id=user, label="agent phone")
+
+    parsed = parse_token(token)
+    assert token.startswith("ma_") and parsed is not None
+    token_id, secret = parsed
+    assert len(secret) >= 43  # token_urlsafe(32): 256 random bits
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(api_tokens).where(api_tokens.c.id == token_id))).mappings().one()
+    assert row["secret_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in str(dict(row))
+    stored = (row["tenant_id"], row["role"], row["user_id"], row["label"])
+    assert stored == (tenant_id, "agent", user, "agent phone")
+
+    principal = await store.authenticate(token)
+    assert principal == Principal(tenant=tenant_id, role=Role.AGENT, user_id=user, token_id=token_id)
+
+
+async def test_invalid_tokens_are_rejected(store: IdentityStore) -> None:
+    tenant_id = await tenant(store)
+    token = await store.issue_token(tenant_id, Role.ADMIN)
+    token_id, secret = split(token)
+    forged_secret = f"ma_{token_id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
+    unknown_id = f"ma_{'0' * 16}_{secret}"
+    for candidate in (forged_secret, unknown_id, "", "ma_", "Bearer " + token, token + "x", "x" * 5000):
+        assert await store.authenticate(candidate) is None, candidate
+
+
+async def test_tokens_of_two_tenants_give_distinct_principals(store: IdentityStore) -> None:
+    first, second = await tenant(store), await tenant(store)
+    token_a = await store.issue_token(first, Role.MANAGER)
+    token_b = await store.issue_token(second, Role.MANAGER)
+
+    principal_a, principal_b = await store.authenticate(token_a), await store.authenticate(token_b)
+    assert principal_a is not None and principal_b is not None
+    assert (principal_a.tenant, principal_b.tenant) == (first, second)
+    # One tenant's token id with the other's secret is not a valid token of either.
+    id_a, _ = split(token_a)
+    _, secret_b = split(token_b)
+    assert await store.authenticate(f"ma_{id_a}_{secret_b}") is None
+
+
+async def test_unknown_tenant_and_token_are_errors(store: IdentityStore) -> None:
+    with pytest.raises(UnknownTenantError):
+        await store.issue_token(new_tenant_id(), Role.ADMIN)
+    with pytest.raises(UnknownTokenError):
+        await store.revoke_token("0123456789abcdef")
+
+
+async def test_revocation_reaches_other_processes_within_the_cache_ttl(engine: AsyncEngine) -> None:
+    clock = FakeClock()
+    api_process = IdentityStore(engine, cache_ttl=5.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    tenant_id = await tenant(admin_process)
+    token = await admin_process.issue_token(tenant_id, Role.AGENT)
+    token_id, _ = split(token)
+
+    assert await api_process.authenticate(token) is not None  # now cached for 5 s
+    await admin_process.revoke_token(token_id)
+    await admin_process.revoke_token(token_id)  # twice is fine
+
+    assert await admin_process.authenticate(token) is None  # the revoking process: at once
+    clock.now += 4.0
+    assert await api_process.authenticate(token) is not None  # documented: up to the TTL
+    clock.now += 1.5
+    assert await api_process.authenticate(token) is None  # after the TTL: rejected
+
+
+async def test_revoking_through_the_same_instance_drops_its_cache(store: IdentityStore) -> None:
+    tenant_id = await tenant(store)
+    token = await store.issue_token(tenant_id, Role.AGENT)
+    assert await store.authenticate(token) is not None
+    await store.revoke_token(split(token)[0])
+    assert await store.authenticate(token) is None
+
+
+async def test_list_tokens_shows_metadata_not_secrets(store: IdentityStore) -> None:
+    tenant_id = await tenant(store)
+    kept = await store.issue_token(tenant_id, Role.ADMIN, label="ops")
+    revoked = await store.issue_token(tenant_id, Role.AGENT, label="old")
+    await store.revoke_token(split(revoked)[0])
+
+    infos = {info.label: info for info in await store.list_tokens(tenant_id)}
+    assert set(infos) == {"ops", "old"}
+    assert infos["ops"].id == split(kept)[0] and infos["ops"].revoked_at is None
+    assert infos["old"].revoked_at is not None
+    assert await store.list_tokens(new_tenant_id()) == []
+
+
+# -- the FastAPI dependencies -----------------------------------------------------------------
+
+def build_app(store: IdentityStore) -> FastAPI:
+    app = create_app("auth-test")
+    app.state.identity = store
+
+    @app.get("/whoami")
+    async def whoami(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, str]:
+        return {"tenant": principal.tenant, "role": principal.role.value}
+
+    @app.post("/settings")
+    async def change_settings(
+        principal: Annotated[Principal, Depends(require_roles(Role.ADMIN))],
+    ) -> dict[str, str]:
+        return {"tenant": principal.tenant}
+
+    @app.post("/reassign")
+    async def reassign(
+        principal: Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.MANAGER))],
+    ) -> dict[str, str]:
+        return {"tenant": principal.tenant}
+
+    return app
+
+
+@pytest.fixture
+async def api(store: IdentityStore) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=build_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body
+
+
+async def test_missing_or_invalid_token_is_401_with_challenge(
+    api: httpx.AsyncClient, store: IdentityStore
+) -> None:
+    tenant_id = await tenant(store)
+    token = await store.issue_token(tenant_id, Role.ADMIN)
+    cases = [
+        {},
+        {"Authorization": ""},
+        {"Authorization": f"Basic {token}"},
+        bearer("ma_0123456789abcdef_not-the-secret"),
+        bearer("garbage"),
+    ]
+    for headers in cases:
+        response = await api.get("/whoami", headers=headers)
+        body = assert_problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer"), headers
+        assert body["title"] == "Unauthorized"
+
+
+async def test_wrong_role_is_403_naming_the_required_roles(
+    api: httpx.AsyncClient, store: IdentityStore
+) -> None:
+    tenant_id = await tenant(store)
+    agent = await store.issue_token(tenant_id, Role.AGENT)
+    manager = await store.issue_token(tenant_id, Role.MANAGER)
+
+    body = assert_problem(await api.post("/reassign", headers=bearer(agent)), 403)
+    assert body["required_roles"] == ["admin", "manager"]
+    assert "admin or manager" in body["detail"] and "agent" in body["detail"]
+
+    body = assert_problem(await api.post("/settings", headers=bearer(manager)), 403)
+    assert body["required_roles"] == ["admin"]
+
+    assert (await api.post("/reassign", headers=bearer(manager))).json() == {"tenant": tenant_id}
+    assert (await api.get("/whoami", headers=bearer(agent))).json() == {"tenant": tenant_id, "role": "agent"}
+
+
+async def test_each_token_sees_its_own_tenant(api: httpx.AsyncClient, store: IdentityStore) -> None:
+    first, second = await tenant(store), await tenant(store)
+    for tenant_id in (first, second):
+        token = await store.issue_token(tenant_id, Role.ADMIN)
+        response = await api.post("/settings", headers=bearer(token))
+        assert response.json() == {"tenant": tenant_id}
+
+
+async def test_unreachable_identity_database_is_503_not_500() -> None:
+    # Nothing listens on port 1: the store cannot be asked, which is not the caller's fault.
+    dead = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/identity")
+    app = build_app(IdentityStore(dead))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            response = await http.get("/whoami", headers=bearer("ma_0123456789abcdef_secret"))
+    finally:
+        await dead.dispose()
+    assert_problem(response, 503)
+    assert response.headers["retry-after"] == "5"
+
+
+def test_require_roles_needs_a_role() -> None:
+    with pytest.raises(ValueError):
+        require_roles()
