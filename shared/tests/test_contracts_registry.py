@@ -57,6 +57,7 @@ def test_topic_files_are_named_after_the_topic() -> None:
     for t in registry.topics():
         assert t.name == f"manual-actions.{t.short_name}"
         assert registry.topic(t.name) is t
+    assert len({hash(t) for t in registry.topics()}) == 6  # usable in sets and as dict keys
 
 
 def test_unknown_topic_is_a_key_error_naming_it() -> None:

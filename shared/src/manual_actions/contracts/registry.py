@@ -74,9 +74,9 @@ class Topic:
     messages: tuple[tuple[str, int], ...]
     value_format: str = ENVELOPE
     #: producing service -> the message types it writes to this topic
-    produced_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    produced_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
     #: Kafka header name -> meaning
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: file name without ``.yaml`` (the topic name without the ``manual-actions.`` prefix)
     short_name: str = ""
 
