@@ -1,0 +1,82 @@
+"""SQL tables of the action-queue database. Migrations (``migrations/versions``) create them; this
+module is what the code and Alembic's autogenerate compare against."""
+
+from __future__ import annotations
+
+from manual_actions.outbox import inbox_table, outbox_table
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
+
+# One row per manual action, keyed by the action id workflow-runner chose. Contact, workflow and
+# message are snapshots from ActionQueued; the rest is this service's own state.
+manual_actions = Table(
+    "manual_actions",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("action_type", String(8), nullable=False),
+    Column("action_name", Text, nullable=False),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("step_id", Text, nullable=False),
+    Column("enrollment_id", Uuid, nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    Column("contact_name", Text, nullable=False),
+    Column("contact_phone", Text, nullable=True),
+    Column("assignee_user_id", Uuid, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("priority", SmallInteger, nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("reserved_by", Uuid, nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("call_status", Text, nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("notes", Text, nullable=True),
+    Column("pending_command_id", Uuid, nullable=True),
+    Column("command_sequence", Integer, nullable=False, server_default="0"),
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("version", Integer, nullable=False),
+    Column("history", JSONB, nullable=False, server_default="[]"),
+    CheckConstraint("action_type IN ('sms', 'call')", name="ck_manual_actions_type"),
+    CheckConstraint(
+        "status IN ('queued', 'reserved', 'sending', 'calling', 'awaiting_outcome', 'completed', "
+        "'deleted')",
+        name="ck_manual_actions_status",
+    ),
+    # Listing: keyset pagination over (queued_at, id) within a tenant.
+    Index("ix_manual_actions_listing", "tenant_id", "queued_at", "id"),
+    Index("ix_manual_actions_workflow", "tenant_id", "workflow_id"),
+)
+
+# Let's Start: an assignee's reservable actions in queue order (priority desc, queued_at, id).
+Index(
+    "ix_manual_actions_queue",
+    manual_actions.c.tenant_id,
+    manual_actions.c.assignee_user_id,
+    manual_actions.c.status,
+    manual_actions.c.priority.desc(),
+    manual_actions.c.queued_at,
+    manual_actions.c.id,
+)

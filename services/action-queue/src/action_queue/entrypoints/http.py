@@ -1,0 +1,228 @@
+"""The queue API under ``/v1``. Thin: authenticate, parse, call a use case, render.
+
+Tenant comes only from the token. Agents see and act only on the actions assigned to them; an
+action they may not see answers 404 exactly like a missing one (see docs/decisions/0008).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from manual_actions.auth import IdentityStore, Principal, Role, require_roles
+from manual_actions.contracts import ActionType
+from manual_actions.http import create_app, problem
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from action_queue.domain import (
+    DEFAULT_LEASE,
+    ActionNotFound,
+    ActionStatus,
+    Actor,
+    DomainError,
+    InvalidField,
+    InvalidTransition,
+    NotAllowed,
+    ReservedByAnother,
+)
+from action_queue.entrypoints.schemas import (
+    ActionDetail,
+    ActionPage,
+    ActionView,
+    CompleteRequest,
+    PlaceCallRequest,
+    SendSmsRequest,
+)
+from action_queue.handlers import queue
+from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWorkFactory
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    """What the routes need, kept on ``app.state.api``."""
+
+    uow: UnitOfWorkFactory
+    clock: Clock = _utcnow
+    lease: timedelta = DEFAULT_LEASE
+
+
+def _context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.api
+    return context
+
+
+# Every role may use the queue; what each one sees is decided by ``Actor.can_access``.
+_ANY_ROLE = require_roles(Role.ADMIN, Role.MANAGER, Role.AGENT)
+
+
+def _actor(principal: Annotated[Principal, Depends(_ANY_ROLE)]) -> Actor:
+    return Actor(tenant=principal.tenant, user_id=principal.user_id,
+                 supervisor=principal.role in (Role.ADMIN, Role.MANAGER))
+
+
+ActorDep = Annotated[Actor, Depends(_actor)]
+ContextDep = Annotated[ApiContext, Depends(_context)]
+
+
+@contextmanager
+def _as_problem() -> Iterator[None]:
+    """Render domain errors as problem+json."""
+    try:
+        yield
+    except ActionNotFound as exc:
+        raise problem(404, "Manual action not found", exc.detail, action_id=str(exc.action_id)) from exc
+    except InvalidTransition as exc:
+        raise problem(409, "Invalid status transition", exc.detail, action_id=str(exc.action_id),
+                      action_status=str(exc.status), attempted=exc.attempted) from exc
+    except ReservedByAnother as exc:
+        raise problem(409, "Reserved by another user", exc.detail, action_id=str(exc.action_id),
+                      reserved_by=str(exc.reserved_by) if exc.reserved_by else None) from exc
+    except InvalidField as exc:
+        raise problem(422, "Invalid field", exc.detail, field=exc.field,
+                      errors=[{"field": exc.field, "message": exc.detail}]) from exc
+    except NotAllowed as exc:
+        raise problem(403, "Forbidden", exc.detail) from exc
+    except DomainError as exc:  # pragma: no cover - every subclass reaching HTTP is mapped above
+        raise problem(409, "Conflict", exc.detail) from exc
+
+
+def _encode_cursor(cursor: Cursor) -> str:
+    raw = json.dumps({"q": cursor.queued_at.isoformat(), "i": str(cursor.id)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> Cursor:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        document = json.loads(raw)
+        queued_at = datetime.fromisoformat(document["q"])
+        if queued_at.tzinfo is None:
+            raise ValueError("naive time")
+        return Cursor(queued_at=queued_at, id=uuid.UUID(document["i"]))
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        message = "not a cursor returned by this API"
+        raise problem(422, "Invalid field", f"Invalid query.cursor: {message}", field="query.cursor",
+                      errors=[{"field": "query.cursor", "message": message}]) from exc
+
+
+router = APIRouter(prefix="/v1", tags=["manual actions"])
+
+
+@router.get("/actions", response_model=ActionPage, summary="List manual actions")
+async def list_actions(
+    actor: ActorDep,
+    ctx: ContextDep,
+    assignee_user_id: uuid.UUID | None = None,
+    workflow_id: uuid.UUID | None = None,
+    contact: Annotated[str | None, Query(min_length=1, max_length=100,
+                                         description="Substring of the contact's name or phone.")] = None,
+    type: Annotated[list[ActionType] | None, Query(description="sms and/or call.")] = None,
+    status: Annotated[list[ActionStatus] | None,
+                      Query(description="Any of these; default: every status but deleted.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> ActionPage:
+    """The tenant's actions oldest first, by (queued_at, id); agents get only their own."""
+    filters = ActionFilter(assignee_user_id=assignee_user_id, workflow_id=workflow_id, contact=contact,
+                           types=tuple(type or ()), statuses=tuple(status or ()))
+    after = _decode_cursor(cursor) if cursor else None
+    with _as_problem():
+        page = await queue.list_actions(ctx.uow(), actor, filters, limit=limit, after=after)
+    return ActionPage(items=[ActionView.of(a) for a in page.items],
+                      next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None)
+
+
+@router.get("/actions/{action_id}", response_model=ActionDetail, summary="One manual action with its history")
+async def get_action(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.get_action(ctx.uow(), actor, action_id)
+    return ActionDetail.of(action)
+
+
+@router.post(
+    "/queue/next", response_model=ActionDetail, summary="Let's Start: reserve my next queued action",
+    responses={204: {"description": "The caller's queue is empty."}},
+)
+async def next_action(actor: ActorDep, ctx: ContextDep) -> ActionDetail | Response:
+    """Reserves the caller's next action (priority desc, then oldest) for the lease period."""
+    with _as_problem():
+        action = await queue.reserve_next(ctx.uow(), actor, now=ctx.clock(), lease=ctx.lease)
+    if action is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/send-sms", response_model=ActionDetail, status_code=202,
+             summary="Send the SMS (optionally edited); completes when the sender reports it sent")
+async def send_sms(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep,
+                   payload: SendSmsRequest | None = None) -> ActionDetail:
+    with _as_problem():
+        action = await queue.send_sms(ctx.uow(), actor, action_id, body=payload.body if payload else None,
+                                      now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/call", response_model=ActionDetail, status_code=202,
+             summary="Place the call: ring the agent, then bridge to the contact")
+async def place_call(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep,
+                     payload: PlaceCallRequest | None = None) -> ActionDetail:
+    with _as_problem():
+        action = await queue.place_call(ctx.uow(), actor, action_id,
+                                        agent_phone=payload.agent_phone if payload else None, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/complete", response_model=ActionDetail,
+             summary="Record a call's outcome and complete the action")
+async def complete(action_id: uuid.UUID, payload: CompleteRequest, actor: ActorDep,
+                   ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.complete_action(ctx.uow(), actor, action_id, outcome=payload.outcome,
+                                             notes=payload.notes, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.delete("/actions/{action_id}", response_model=ActionDetail,
+               summary="Delete an action created by mistake (the trash icon)")
+async def delete(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep,
+                 reason: Annotated[str | None, Query(max_length=500)] = None) -> ActionDetail:
+    with _as_problem():
+        action = await queue.delete_action(ctx.uow(), actor, action_id, reason=reason, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+def build_app(
+    uow: UnitOfWorkFactory,
+    identity: IdentityStore,
+    engine: AsyncEngine,
+    *,
+    clock: Clock = _utcnow,
+    lease: timedelta = DEFAULT_LEASE,
+) -> FastAPI:
+    """The action-queue HTTP app: operations endpoints from ``create_app`` plus the queue API."""
+
+    async def database_ready() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    app = create_app("action-queue", readiness_checks=[("database", database_ready),
+                                                       ("identity", identity.ping)])
+    app.state.identity = identity
+    app.state.api = ApiContext(uow=uow, clock=clock, lease=lease)
+    app.include_router(router)
+    return app

@@ -1,0 +1,137 @@
+"""Use cases started by consumed messages: materialise ActionQueued, apply SMS and call results.
+
+A whole batch is applied in one unit of work (one transaction) for throughput: each message is
+recorded in the inbox first, so a redelivered message has no second effect. Any exception
+rolls the batch back; the consumer then retries message by message and dead-letters the one that
+raises ``UnprocessableMessage``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from manual_actions.contracts import (
+    ActionCompleted,
+    ActionDeleted,
+    ActionQueued,
+    CallCompleted,
+    Envelope,
+    SmsFailed,
+    SmsSent,
+)
+
+from action_queue import metrics
+from action_queue.domain import DomainError, ManualAction, StaleResult
+from action_queue.handlers.ports import UnitOfWork
+from action_queue.handlers.publishing import SOURCE, publish
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "action-queue"
+
+
+class UnprocessableMessage(DomainError):
+    """A well-formed message that can never be applied (e.g. a result for an action unknown to its
+    tenant); the consumer dead-letters it with this reason."""
+
+
+async def apply_batch(uow: UnitOfWork, envelopes: Iterable[Envelope[Any]]) -> None:
+    """Apply ``envelopes`` in order in one transaction; commit only if all were applied."""
+    async with uow:
+        for envelope in envelopes:
+            await apply(uow, envelope)
+        await uow.commit()
+
+
+async def apply(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
+    """Apply one message inside the caller's unit of work (no commit)."""
+    if envelope.source == SOURCE and isinstance(envelope.data, ActionCompleted | ActionDeleted):
+        # We read our own lifecycle events back from action-lifecycle; the state is already ours.
+        metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="own_event").inc()
+        return
+    handler = HANDLERS.get(type(envelope.data))
+    if handler is None:
+        raise UnprocessableMessage(
+            f"action-queue does not accept {envelope.type} from {envelope.source}: it is the only "
+            "writer of action completions and deletions")
+    if not await uow.first_time_seen(CONSUMER, envelope.id):
+        metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="redelivered").inc()
+        return
+    await handler(uow, envelope)
+
+
+async def on_action_queued(uow: UnitOfWork, envelope: Envelope[ActionQueued]) -> None:
+    """Materialise the action. A second ActionQueued for the same action (a producer retry with a
+    new envelope id) is ignored: its sequence cannot exceed the stored version."""
+    action = ManualAction.from_queued(envelope.tenant, envelope.data, envelope.sequence)
+    if await uow.actions.add_if_absent(action):
+        metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+        return
+    owner = await uow.actions.tenant_of(action.id)
+    if owner != envelope.tenant:
+        raise UnprocessableMessage(f"action {action.id} already belongs to another tenant")
+    metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="duplicate_action").inc()
+
+
+async def _load_for_result(uow: UnitOfWork, envelope: Envelope[Any]) -> ManualAction:
+    action_id = envelope.data.action_id
+    action = await uow.actions.get(envelope.tenant, action_id, for_update=True)
+    if action is None:
+        raise UnprocessableMessage(
+            f"{envelope.type} for unknown action {action_id} of tenant {envelope.tenant}")
+    return action
+
+
+def _stale(envelope: Envelope[Any], exc: StaleResult) -> None:
+    log.warning("ignored stale result", extra={"message_type": envelope.type, "message_id": str(envelope.id),
+                                               "tenant": envelope.tenant, "reason": exc.detail})
+    metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="stale_result").inc()
+
+
+async def on_sms_sent(uow: UnitOfWork, envelope: Envelope[SmsSent]) -> None:
+    """The SMS went out: complete the action (outcome ``sent``) and publish ActionCompleted."""
+    action = await _load_for_result(uow, envelope)
+    try:
+        event = action.sms_sent(envelope.data.command_id, envelope.data.sent_at)
+    except StaleResult as exc:
+        _stale(envelope, exc)
+        return
+    await uow.actions.save(action)
+    await publish(uow, action, event, causation_id=envelope.id)
+    metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+
+
+async def on_sms_failed(uow: UnitOfWork, envelope: Envelope[SmsFailed]) -> None:
+    """The SMS failed: the action is queued again with ``last_error`` = the reason."""
+    action = await _load_for_result(uow, envelope)
+    try:
+        action.sms_failed(envelope.data.command_id, envelope.data.reason, envelope.data.failed_at)
+    except StaleResult as exc:
+        _stale(envelope, exc)
+        return
+    await uow.actions.save(action)
+    metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+
+
+async def on_call_completed(uow: UnitOfWork, envelope: Envelope[CallCompleted]) -> None:
+    """The call ended: keep its status and wait for the person to record the outcome."""
+    action = await _load_for_result(uow, envelope)
+    try:
+        action.call_completed(envelope.data.command_id, envelope.data.call_status, envelope.data.ended_at)
+    except StaleResult as exc:
+        _stale(envelope, exc)
+        return
+    await uow.actions.save(action)
+    metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+
+
+Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
+
+HANDLERS: dict[type[Any], Handler] = {
+    ActionQueued: on_action_queued,
+    SmsSent: on_sms_sent,
+    SmsFailed: on_sms_failed,
+    CallCompleted: on_call_completed,
+}

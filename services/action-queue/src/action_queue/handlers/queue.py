@@ -1,0 +1,133 @@
+"""Use cases started by people over HTTP: list, look at, reserve, send, call, complete, delete.
+
+Each runs in one unit of work: the status change and the messages it causes commit together.
+Visibility: an agent sees and acts only on actions assigned to them, a supervisor (manager,
+admin) on every action of their tenant; anything else is reported as not found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from action_queue import metrics
+from action_queue.domain import (
+    DEFAULT_LEASE,
+    ActionNotFound,
+    ActionStatus,
+    Actor,
+    ManualAction,
+    require_user,
+)
+from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWork
+from action_queue.handlers.publishing import publish
+
+# What a list shows when no status filter is given: everything except deleted actions.
+DEFAULT_LIST_STATUSES: tuple[ActionStatus, ...] = tuple(
+    s for s in ActionStatus if s is not ActionStatus.DELETED)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: Sequence[ManualAction]
+    next_cursor: Cursor | None
+
+
+async def _load(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, for_update: bool) -> ManualAction:
+    action = await uow.actions.get(actor.tenant, action_id, for_update=for_update)
+    if action is None or not actor.can_access(action):
+        raise ActionNotFound(action_id)
+    return action
+
+
+async def get_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID) -> ManualAction:
+    async with uow:
+        return await _load(uow, actor, action_id, for_update=False)
+
+
+async def list_actions(uow: UnitOfWork, actor: Actor, filters: ActionFilter, *, limit: int,
+                       after: Cursor | None = None) -> Page:
+    """A page of the tenant's actions by (queued_at, id). Agents' lists are limited to their own
+    actions (asking for someone else's yields an empty page)."""
+    if not actor.supervisor:
+        own = require_user(actor)
+        if filters.assignee_user_id not in (None, own):
+            return Page(items=[], next_cursor=None)
+        filters = replace(filters, assignee_user_id=own)
+    if not filters.statuses:
+        filters = replace(filters, statuses=DEFAULT_LIST_STATUSES)
+    async with uow:
+        rows = list(await uow.actions.list(actor.tenant, filters, limit=limit + 1, after=after))
+    more = len(rows) > limit
+    items = rows[:limit]
+    last = items[-1] if more else None
+    return Page(items=items, next_cursor=Cursor(last.queued_at, last.id) if last else None)
+
+
+async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
+                       lease: timedelta = DEFAULT_LEASE) -> ManualAction | None:
+    """Let's Start: reserve the caller's next queued action (priority desc, queued_at, id) for
+    ``lease``. None when nothing is available. Each call reserves a further action; an action whose
+    lease lapsed is available again."""
+    user_id = require_user(actor)
+    async with uow:
+        action = await uow.actions.next_reservable(actor.tenant, user_id, now)
+        if action is None:
+            metrics.RESERVATIONS.labels(result="empty").inc()
+            return None
+        action.reserve(user_id, now, lease)
+        await uow.actions.save(action)
+        await uow.commit()
+    metrics.RESERVATIONS.labels(result="reserved").inc()
+    return action
+
+
+async def send_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, body: str | None,
+                   now: datetime) -> ManualAction:
+    """Status ``sending`` and a SendSms command (new command id) on sms-commands, in one transaction."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        command = action.send_sms(actor.user_id, uuid.uuid4(), body=body, now=now)
+        await uow.actions.save(action)
+        await publish(uow, action, command)
+        await uow.commit()
+    return action
+
+
+async def place_call(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, agent_phone: str | None,
+                     now: datetime) -> ManualAction:
+    """Status ``calling`` and a PlaceCall command on call-commands, in one transaction."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        command = action.place_call(actor.user_id, uuid.uuid4(), agent_phone=agent_phone, now=now)
+        await uow.actions.save(action)
+        await publish(uow, action, command)
+        await uow.commit()
+    return action
+
+
+async def complete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, outcome: str,
+                          notes: str | None, now: datetime) -> ManualAction:
+    """Record a call's outcome: status ``completed`` and ActionCompleted on action-lifecycle."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        event = action.complete(outcome, actor.user_id, notes=notes, now=now)
+        await uow.actions.save(action)
+        await publish(uow, action, event)
+        await uow.commit()
+    return action
+
+
+async def delete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, reason: str | None,
+                        now: datetime) -> ManualAction:
+    """The trash icon: status ``deleted`` and ActionDeleted on action-lifecycle. Allowed to the
+    assignee and to supervisors (``_load`` hides the action from anyone else)."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        event = action.delete(actor.user_id, reason=reason, now=now)
+        await uow.actions.save(action)
+        await publish(uow, action, event)
+        await uow.commit()
+    return action

@@ -1,0 +1,43 @@
+"""Metrics of the action-queue service, each declared once here with what it counts."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+# Consumed messages that changed an action, by message type (ActionQueued, SmsSent, ...).
+EVENTS_APPLIED = Counter(
+    "action_queue_events_applied_total",
+    "Consumed messages that changed a manual action.",
+    ["type"],
+)
+
+# Consumed messages deliberately left without effect, by type and reason: "redelivered" (inbox hit),
+# "duplicate_action" (ActionQueued for an action we already hold), "own_event" (our own
+# ActionCompleted/ActionDeleted read back), "stale_result" (a result for a command that no longer
+# applies, e.g. the action was deleted while its SMS was being sent).
+EVENTS_IGNORED = Counter(
+    "action_queue_events_ignored_total",
+    "Consumed messages that were deliberately not applied.",
+    ["type", "reason"],
+)
+
+# POST /v1/queue/next outcomes: "reserved" (an action was handed out) or "empty" (204).
+RESERVATIONS = Counter(
+    "action_queue_reservations_total",
+    "Let's Start requests by result.",
+    ["result"],
+)
+
+# Commands staged in the outbox for the Twilio-facing services, by type (SendSms, PlaceCall).
+COMMANDS_ISSUED = Counter(
+    "action_queue_commands_issued_total",
+    "Commands issued to sms-sender and dialer.",
+    ["type"],
+)
+
+# Lifecycle events staged in the outbox, by type (ActionCompleted, ActionDeleted).
+LIFECYCLE_EVENTS = Counter(
+    "action_queue_lifecycle_events_total",
+    "Lifecycle events this service published.",
+    ["type"],
+)
