@@ -1,0 +1,1 @@
+"""Adapters: SQL tables, repositories and the unit of work, Alembic migrations."""

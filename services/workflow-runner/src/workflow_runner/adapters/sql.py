@@ -1,0 +1,592 @@
+"""PostgreSQL implementations of the repositories and the unit of work (SQLAlchemy Core, asyncpg).
+
+Every statement filters by ``tenant_id``; rows are mapped to and from the domain's dataclasses here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from manual_actions import outbox as outbox_plumbing
+from manual_actions.contracts import Envelope
+from sqlalchemy import Select, and_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+
+from workflow_runner.adapters import tables as t
+from workflow_runner.domain.enrollments import (
+    ActionStatus,
+    ActionType,
+    Enrollment,
+    EnrollmentStatus,
+    HistoryEntry,
+    HistoryEvent,
+    ManualAction,
+)
+from workflow_runner.domain.people import Contact, User, UserRole
+from workflow_runner.domain.workflows import VersionStatus, Workflow, WorkflowVersion
+from workflow_runner.handlers.ports import (
+    ActionRepository,
+    ContactRepository,
+    EnrollmentRepository,
+    RoundRobinRepository,
+    UserRepository,
+    WorkflowRepository,
+)
+
+
+class _Repository:
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        self._uow = uow
+
+    @property
+    def _conn(self) -> AsyncConnection:
+        return self._uow.connection
+
+    async def _first(self, statement: Select[Any]) -> RowMapping | None:
+        return (await self._conn.execute(statement)).mappings().first()
+
+    async def _all(self, statement: Select[Any]) -> Sequence[RowMapping]:
+        return (await self._conn.execute(statement)).mappings().all()
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+def _user(row: RowMapping) -> User:
+    return User(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        name=row["name"],
+        phone=row["phone"],
+        role=UserRole(row["role"]),
+        created_at=row["created_at"],
+    )
+
+
+class SqlUserRepository(_Repository):
+    async def add(self, user: User) -> None:
+        await self._conn.execute(
+            t.users.insert().values(
+                tenant_id=user.tenant,
+                id=user.id,
+                name=user.name,
+                phone=user.phone,
+                role=user.role.value,
+                created_at=user.created_at,
+            )
+        )
+
+    async def get(self, tenant: str, user_id: uuid.UUID) -> User | None:
+        row = await self._first(select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id == user_id))
+        return _user(row) if row else None
+
+    async def get_many(self, tenant: str, user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, User]:
+        if not user_ids:
+            return {}
+        rows = await self._all(
+            select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id.in_(list(user_ids)))
+        )
+        return {row["id"]: _user(row) for row in rows}
+
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[User]:
+        rows = await self._all(
+            select(t.users)
+            .where(t.users.c.tenant_id == tenant)
+            .order_by(t.users.c.created_at, t.users.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_user(row) for row in rows]
+
+
+# --- contacts ------------------------------------------------------------------------------------
+
+
+def _contact(row: RowMapping) -> Contact:
+    return Contact(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        name=row["name"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        phone=row["phone"],
+        email=row["email"],
+        timezone=row["timezone"],
+        custom_fields=dict(row["custom_fields"]),
+        owner_user_id=row["owner_user_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _contact_values(contact: Contact) -> dict[str, Any]:
+    return {
+        "name": contact.name,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
+        "phone": contact.phone,
+        "email": contact.email,
+        "timezone": contact.timezone,
+        "custom_fields": contact.custom_fields,
+        "owner_user_id": contact.owner_user_id,
+        "updated_at": contact.updated_at,
+    }
+
+
+class SqlContactRepository(_Repository):
+    async def add(self, contact: Contact) -> None:
+        await self._conn.execute(
+            t.contacts.insert().values(
+                tenant_id=contact.tenant,
+                id=contact.id,
+                created_at=contact.created_at,
+                **_contact_values(contact),
+            )
+        )
+
+    async def get(self, tenant: str, contact_id: uuid.UUID, *, for_update: bool = False) -> Contact | None:
+        statement = select(t.contacts).where(t.contacts.c.tenant_id == tenant, t.contacts.c.id == contact_id)
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        return _contact(row) if row else None
+
+    async def update(self, contact: Contact) -> None:
+        await self._conn.execute(
+            update(t.contacts)
+            .where(t.contacts.c.tenant_id == contact.tenant, t.contacts.c.id == contact.id)
+            .values(**_contact_values(contact))
+        )
+
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Contact]:
+        rows = await self._all(
+            select(t.contacts)
+            .where(t.contacts.c.tenant_id == tenant)
+            .order_by(t.contacts.c.created_at, t.contacts.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_contact(row) for row in rows]
+
+
+# --- workflows -----------------------------------------------------------------------------------
+
+
+def _version(row: RowMapping) -> WorkflowVersion:
+    return WorkflowVersion.from_specs(
+        row["version"], VersionStatus(row["status"]), row["steps"], row["created_at"], row["published_at"]
+    )
+
+
+class SqlWorkflowRepository(_Repository):
+    async def add(self, workflow: Workflow) -> None:
+        await self._conn.execute(
+            t.workflows.insert().values(
+                tenant_id=workflow.tenant,
+                id=workflow.id,
+                name=workflow.name,
+                created_at=workflow.created_at,
+                updated_at=workflow.updated_at,
+            )
+        )
+        for version in workflow.versions:
+            await self._insert_version(workflow, version)
+
+    async def _insert_version(self, workflow: Workflow, version: WorkflowVersion) -> None:
+        await self._conn.execute(
+            t.workflow_versions.insert().values(
+                tenant_id=workflow.tenant,
+                workflow_id=workflow.id,
+                version=version.number,
+                status=version.status.value,
+                steps=version.step_specs,
+                created_at=version.created_at,
+                published_at=version.published_at,
+            )
+        )
+
+    async def get(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = False) -> Workflow | None:
+        statement = select(t.workflows).where(
+            t.workflows.c.tenant_id == tenant, t.workflows.c.id == workflow_id
+        )
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        if row is None:
+            return None
+        versions = await self._all(
+            select(t.workflow_versions)
+            .where(
+                t.workflow_versions.c.tenant_id == tenant, t.workflow_versions.c.workflow_id == workflow_id
+            )
+            .order_by(t.workflow_versions.c.version)
+        )
+        return Workflow(
+            id=row["id"],
+            tenant=row["tenant_id"],
+            name=row["name"],
+            versions=[_version(v) for v in versions],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    async def save(self, workflow: Workflow) -> None:
+        """Updates the name, rewrites the stored draft, inserts new versions. A published row is
+        only ever touched to turn the draft it was into a published one."""
+        await self._conn.execute(
+            update(t.workflows)
+            .where(t.workflows.c.tenant_id == workflow.tenant, t.workflows.c.id == workflow.id)
+            .values(name=workflow.name, updated_at=workflow.updated_at)
+        )
+        stored = {
+            row["version"]: row["status"]
+            for row in await self._all(
+                select(t.workflow_versions.c.version, t.workflow_versions.c.status).where(
+                    t.workflow_versions.c.tenant_id == workflow.tenant,
+                    t.workflow_versions.c.workflow_id == workflow.id,
+                )
+            )
+        }
+        v = t.workflow_versions.c
+        for version in workflow.versions:
+            status = stored.get(version.number)
+            if status is None:
+                await self._insert_version(workflow, version)
+            elif status == VersionStatus.DRAFT.value:
+                await self._conn.execute(
+                    update(t.workflow_versions)
+                    .where(
+                        v.tenant_id == workflow.tenant,
+                        v.workflow_id == workflow.id,
+                        v.version == version.number,
+                        v.status == VersionStatus.DRAFT.value,
+                    )
+                    .values(
+                        status=version.status.value,
+                        steps=version.step_specs,
+                        published_at=version.published_at,
+                    )
+                )
+
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Workflow]:
+        rows = await self._all(
+            select(t.workflows.c.id)
+            .where(t.workflows.c.tenant_id == tenant)
+            .order_by(t.workflows.c.created_at, t.workflows.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        found = [await self.get(tenant, row["id"]) for row in rows]
+        return [w for w in found if w is not None]
+
+
+# --- enrollments ---------------------------------------------------------------------------------
+
+
+class SqlEnrollmentRepository(_Repository):
+    def __init__(self, uow: SqlUnitOfWork) -> None:
+        super().__init__(uow)
+        # History entries already stored, per enrollment loaded or added in this unit of work.
+        self._stored_history: dict[tuple[str, uuid.UUID], int] = {}
+
+    async def add(self, enrollment: Enrollment) -> None:
+        await self._conn.execute(
+            t.enrollments.insert().values(
+                tenant_id=enrollment.tenant,
+                id=enrollment.id,
+                contact_id=enrollment.contact_id,
+                workflow_id=enrollment.workflow_id,
+                created_at=enrollment.created_at,
+                **self._state(enrollment),
+            )
+        )
+        self._stored_history[(enrollment.tenant, enrollment.id)] = 0
+        await self._append_history(enrollment)
+
+    @staticmethod
+    def _state(enrollment: Enrollment) -> dict[str, Any]:
+        return {
+            "workflow_version": enrollment.workflow_version,
+            "status": enrollment.status.value,
+            "current_step_id": enrollment.current_step_id,
+            "waiting_action_id": enrollment.waiting_action_id,
+            "updated_at": enrollment.updated_at,
+        }
+
+    async def _append_history(self, enrollment: Enrollment) -> None:
+        key = (enrollment.tenant, enrollment.id)
+        new = enrollment.history[self._stored_history[key] :]
+        if new:
+            await self._conn.execute(
+                t.enrollment_history.insert(),
+                [
+                    {
+                        "tenant_id": enrollment.tenant,
+                        "enrollment_id": enrollment.id,
+                        "step_id": h.step_id,
+                        "at": h.at,
+                        "event": h.event.value,
+                        "detail": h.detail,
+                    }
+                    for h in new
+                ],
+            )
+        self._stored_history[key] = len(enrollment.history)
+
+    async def _load(self, row: RowMapping) -> Enrollment:
+        h = t.enrollment_history.c
+        history = await self._all(
+            select(t.enrollment_history)
+            .where(h.tenant_id == row["tenant_id"], h.enrollment_id == row["id"])
+            .order_by(h.id)
+        )
+        enrollment = Enrollment(
+            id=row["id"],
+            tenant=row["tenant_id"],
+            contact_id=row["contact_id"],
+            workflow_id=row["workflow_id"],
+            workflow_version=row["workflow_version"],
+            status=EnrollmentStatus(row["status"]),
+            current_step_id=row["current_step_id"],
+            waiting_action_id=row["waiting_action_id"],
+            history=[
+                HistoryEntry(
+                    step_id=e["step_id"], at=e["at"], event=HistoryEvent(e["event"]), detail=dict(e["detail"])
+                )
+                for e in history
+            ],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+        self._stored_history[(enrollment.tenant, enrollment.id)] = len(enrollment.history)
+        return enrollment
+
+    async def get(
+        self, tenant: str, enrollment_id: uuid.UUID, *, for_update: bool = False
+    ) -> Enrollment | None:
+        e = t.enrollments.c
+        statement = select(t.enrollments).where(e.tenant_id == tenant, e.id == enrollment_id)
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        return await self._load(row) if row else None
+
+    async def save(self, enrollment: Enrollment) -> None:
+        if (enrollment.tenant, enrollment.id) not in self._stored_history:
+            raise RuntimeError("save() of an enrollment not loaded in this unit of work")
+        e = t.enrollments.c
+        await self._conn.execute(
+            update(t.enrollments)
+            .where(e.tenant_id == enrollment.tenant, e.id == enrollment.id)
+            .values(**self._state(enrollment))
+        )
+        await self._append_history(enrollment)
+
+    async def running_for(
+        self, tenant: str, workflow_id: uuid.UUID, contact_id: uuid.UUID
+    ) -> Enrollment | None:
+        e = t.enrollments.c
+        row = await self._first(
+            select(t.enrollments).where(
+                e.tenant_id == tenant,
+                e.workflow_id == workflow_id,
+                e.contact_id == contact_id,
+                e.status.in_([EnrollmentStatus.ACTIVE.value, EnrollmentStatus.WAITING.value]),
+            )
+        )
+        return await self._load(row) if row else None
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        workflow_id: uuid.UUID | None = None,
+        contact_id: uuid.UUID | None = None,
+        limit: int,
+        offset: int,
+    ) -> Sequence[Enrollment]:
+        e = t.enrollments.c
+        conditions = [e.tenant_id == tenant]
+        if workflow_id is not None:
+            conditions.append(e.workflow_id == workflow_id)
+        if contact_id is not None:
+            conditions.append(e.contact_id == contact_id)
+        rows = await self._all(
+            select(t.enrollments)
+            .where(and_(*conditions))
+            .order_by(e.created_at, e.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [await self._load(row) for row in rows]
+
+
+# --- manual actions ------------------------------------------------------------------------------
+
+_ACTION_FIELDS = (
+    "enrollment_id",
+    "workflow_id",
+    "workflow_version",
+    "workflow_name",
+    "step_id",
+    "action_name",
+    "contact_id",
+    "contact_name",
+    "contact_phone",
+    "assignee_user_id",
+    "message",
+    "notes",
+    "outcome",
+    "created_at",
+    "finished_at",
+)
+
+
+class SqlActionRepository(_Repository):
+    async def add(self, action: ManualAction) -> None:
+        await self._conn.execute(
+            t.manual_actions.insert().values(
+                tenant_id=action.tenant,
+                id=action.id,
+                action_type=action.action_type.value,
+                status=action.status.value,
+                **{name: getattr(action, name) for name in _ACTION_FIELDS},
+            )
+        )
+
+    async def get(
+        self, tenant: str, action_id: uuid.UUID, *, for_update: bool = False
+    ) -> ManualAction | None:
+        a = t.manual_actions.c
+        statement = select(t.manual_actions).where(a.tenant_id == tenant, a.id == action_id)
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        if row is None:
+            return None
+        return ManualAction(
+            id=row["id"],
+            tenant=row["tenant_id"],
+            action_type=ActionType(row["action_type"]),
+            status=ActionStatus(row["status"]),
+            **{name: row[name] for name in _ACTION_FIELDS},
+        )
+
+    async def save(self, action: ManualAction) -> None:
+        a = t.manual_actions.c
+        await self._conn.execute(
+            update(t.manual_actions)
+            .where(a.tenant_id == action.tenant, a.id == action.id)
+            .values(status=action.status.value, outcome=action.outcome, finished_at=action.finished_at)
+        )
+
+
+# --- round robin ---------------------------------------------------------------------------------
+
+
+class SqlRoundRobinRepository(_Repository):
+    async def ensure(self, tenant: str, workflow_id: uuid.UUID, step_ids: Collection[str]) -> None:
+        if not step_ids:
+            return
+        await self._conn.execute(
+            insert(t.round_robin_positions)
+            .values(
+                [
+                    {"tenant_id": tenant, "workflow_id": workflow_id, "step_id": s, "position": 0}
+                    for s in step_ids
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["tenant_id", "workflow_id", "step_id"])
+        )
+
+    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
+        r = t.round_robin_positions.c
+        statement = select(r.step_id, r.position).where(r.tenant_id == tenant, r.workflow_id == workflow_id)
+        rows = await self._all(statement.order_by(r.step_id).with_for_update() if for_update else statement)
+        return {row["step_id"]: row["position"] for row in rows}
+
+    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None:
+        if not positions:
+            return
+        await self._conn.execute(
+            insert(t.round_robin_positions)
+            .values(
+                [
+                    {"tenant_id": tenant, "workflow_id": workflow_id, "step_id": s, "position": p}
+                    for s, p in positions.items()
+                ]
+            )
+            .on_conflict_do_update(
+                index_elements=["tenant_id", "workflow_id", "step_id"],
+                set_={"position": insert(t.round_robin_positions).excluded.position},
+            )
+        )
+
+
+# --- unit of work --------------------------------------------------------------------------------
+
+
+class SqlUnitOfWork:
+    """One connection and transaction per ``async with`` block; rolled back unless committed.
+
+    The same object may be used for several blocks one after another (never nested or concurrently).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._connection: AsyncConnection | None = None
+        self._transaction: AsyncTransaction | None = None
+        self.users: UserRepository = SqlUserRepository(self)
+        self.contacts: ContactRepository = SqlContactRepository(self)
+        self.workflows: WorkflowRepository = SqlWorkflowRepository(self)
+        self.enrollments: EnrollmentRepository = SqlEnrollmentRepository(self)
+        self.actions: ActionRepository = SqlActionRepository(self)
+        self.round_robin: RoundRobinRepository = SqlRoundRobinRepository(self)
+
+    @property
+    def connection(self) -> AsyncConnection:
+        if self._connection is None:
+            raise RuntimeError("unit of work used outside 'async with'")
+        return self._connection
+
+    async def __aenter__(self) -> Self:
+        if self._connection is not None:
+            raise RuntimeError("unit of work is already in use")
+        self.enrollments = SqlEnrollmentRepository(self)  # forget history bookkeeping of earlier blocks
+        self._connection = await self._engine.connect()
+        self._transaction = await self._connection.begin()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._transaction is not None and self._transaction.is_active:
+                await self._transaction.rollback()
+        finally:
+            if self._connection is not None:
+                await self._connection.close()
+            self._connection = None
+            self._transaction = None
+
+    async def commit(self) -> None:
+        if self._transaction is None:
+            raise RuntimeError("unit of work used outside 'async with'")
+        await self._transaction.commit()
+
+    async def rollback(self) -> None:
+        if self._transaction is not None and self._transaction.is_active:
+            await self._transaction.rollback()
+
+    async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
+        await outbox_plumbing.add_to_outbox(self.connection, topic, envelope)
+
+    async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
+        return await outbox_plumbing.first_time_seen(self.connection, consumer, message_id)
+
+
+class SqlUnitOfWorkFactory:
+    """A new ``SqlUnitOfWork`` per call (one per request or consumed batch), on one shared engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    def __call__(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine)

@@ -1,0 +1,201 @@
+"""SQL tables of the workflow-runner database. Migrations (``migrations/versions``) create them; this
+module is what the repositories and Alembic's autogenerate use.
+
+Every business table carries ``tenant_id`` as the first column of its primary key, and every
+repository query filters by it: one tenant's rows are unreachable with another tenant's id.
+"""
+
+from __future__ import annotations
+
+from manual_actions.outbox import inbox_table, outbox_table
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+TENANT = String(64)
+
+metadata = MetaData()
+
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
+
+users = Table(
+    "users",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("phone", Text, nullable=False, comment="E.164"),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_users"),
+    CheckConstraint("role IN ('admin', 'manager', 'agent')", name="ck_users_role"),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("first_name", Text, nullable=False),
+    Column("last_name", Text, nullable=False),
+    Column("phone", Text, nullable=True, comment="E.164, or NULL when the contact has no valid number"),
+    Column("email", Text, nullable=True),
+    Column("timezone", Text, nullable=True, comment="IANA name"),
+    Column("custom_fields", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("owner_user_id", Uuid, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_contacts"),
+    ForeignKeyConstraint(
+        ["tenant_id", "owner_user_id"], ["users.tenant_id", "users.id"], name="fk_contacts_owner"
+    ),
+    Index("ix_contacts_owner", "tenant_id", "owner_user_id"),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_workflows"),
+)
+
+# A published row is never updated (the repository only rewrites drafts): enrollments pin one.
+workflow_versions = Table(
+    "workflow_versions",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("steps", JSONB, nullable=False, comment="Step specs as authored"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("tenant_id", "workflow_id", "version", name="pk_workflow_versions"),
+    ForeignKeyConstraint(
+        ["tenant_id", "workflow_id"],
+        ["workflows.tenant_id", "workflows.id"],
+        name="fk_workflow_versions_workflow",
+    ),
+    CheckConstraint("status IN ('draft', 'published')", name="ck_workflow_versions_status"),
+    CheckConstraint("version >= 1", name="ck_workflow_versions_version"),
+)
+
+# Next position in each Assign User step's user list. Rows are created at publish so that an
+# enrollment can lock them (SELECT ... FOR UPDATE) and concurrent enrollments take turns.
+round_robin_positions = Table(
+    "round_robin_positions",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("step_id", Text, nullable=False),
+    Column("position", Integer, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("tenant_id", "workflow_id", "step_id", name="pk_round_robin_positions"),
+)
+
+enrollments = Table(
+    "enrollments",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("current_step_id", Text, nullable=True),
+    Column("waiting_action_id", Uuid, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_enrollments"),
+    ForeignKeyConstraint(
+        ["tenant_id", "contact_id"], ["contacts.tenant_id", "contacts.id"], name="fk_enrollments_contact"
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "workflow_id", "workflow_version"],
+        ["workflow_versions.tenant_id", "workflow_versions.workflow_id", "workflow_versions.version"],
+        name="fk_enrollments_version",
+    ),
+    CheckConstraint("status IN ('active', 'waiting', 'completed', 'stopped')", name="ck_enrollments_status"),
+    # At most one running enrollment per contact and workflow (the handler checks first; this is the net).
+    Index(
+        "ux_enrollments_running",
+        "tenant_id",
+        "workflow_id",
+        "contact_id",
+        unique=True,
+        postgresql_where=text("status IN ('active', 'waiting')"),
+    ),
+    Index("ix_enrollments_contact", "tenant_id", "contact_id"),
+)
+
+enrollment_history = Table(
+    "enrollment_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True, comment="Order of entries"),
+    Column("tenant_id", TENANT, nullable=False),
+    Column("enrollment_id", Uuid, nullable=False),
+    Column("step_id", Text, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    ForeignKeyConstraint(
+        ["tenant_id", "enrollment_id"],
+        ["enrollments.tenant_id", "enrollments.id"],
+        name="fk_enrollment_history_enrollment",
+    ),
+    Index("ix_enrollment_history_enrollment", "tenant_id", "enrollment_id", "id"),
+)
+
+# The manual actions this service queued: what was asked and how it finished. action-queue owns
+# their working state; this is what the runner needs to continue an enrollment exactly once.
+manual_actions = Table(
+    "manual_actions",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("enrollment_id", Uuid, nullable=False),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("workflow_name", Text, nullable=False),
+    Column("step_id", Text, nullable=False),
+    Column("action_type", String(8), nullable=False),
+    Column("action_name", Text, nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    Column("contact_name", Text, nullable=False),
+    Column("contact_phone", Text, nullable=True),
+    Column("assignee_user_id", Uuid, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("notes", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("outcome", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_manual_actions"),
+    ForeignKeyConstraint(
+        ["tenant_id", "enrollment_id"],
+        ["enrollments.tenant_id", "enrollments.id"],
+        name="fk_manual_actions_enrollment",
+    ),
+    CheckConstraint("action_type IN ('sms', 'call')", name="ck_manual_actions_type"),
+    CheckConstraint("status IN ('queued', 'completed', 'deleted')", name="ck_manual_actions_status"),
+    Index("ix_manual_actions_enrollment", "tenant_id", "enrollment_id"),
+)

@@ -1,0 +1,78 @@
+"""Commands (requests to change state) and incoming events, as small dataclasses.
+
+Each carries its tenant, taken by the entrypoint from the caller's token or the event envelope.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from workflow_runner.domain.people import CustomValue, UserRole
+from workflow_runner.domain.runner import FinishKind
+
+
+@dataclass(frozen=True)
+class CreateUser:
+    tenant: str
+    name: str
+    phone: str
+    role: UserRole
+
+
+@dataclass(frozen=True)
+class CreateContact:
+    tenant: str
+    name: str | None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    timezone: str | None = None
+    custom_fields: Mapping[str, CustomValue] = field(default_factory=dict)
+    owner_user_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class CreateWorkflow:
+    tenant: str
+    name: str
+    steps: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class SaveDraft:
+    tenant: str
+    workflow_id: uuid.UUID
+    steps: Sequence[Mapping[str, Any]]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishWorkflow:
+    tenant: str
+    workflow_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Enroll:
+    tenant: str
+    workflow_id: uuid.UUID
+    contact_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class ActionFinished:
+    """An ActionCompleted or ActionDeleted event from action-queue, reduced to what we need."""
+
+    message_id: uuid.UUID
+    tenant: str
+    kind: FinishKind
+    action_id: uuid.UUID
+    enrollment_id: uuid.UUID
+    step_id: str
+    at: datetime
+    outcome: str | None = None

@@ -1,0 +1,128 @@
+"""What the handlers need from storage: repositories and a unit of work.
+
+Every method takes the tenant and only ever sees that tenant's rows; asking for another tenant's
+entity behaves exactly like asking for a missing one. Implemented with SQLAlchemy in
+``adapters.sql`` and in memory by the unit tests' fakes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from manual_actions.contracts import Envelope
+
+from workflow_runner.domain.enrollments import Enrollment, ManualAction
+from workflow_runner.domain.people import Contact, User
+from workflow_runner.domain.workflows import Workflow
+
+
+class UserRepository(Protocol):
+    async def add(self, user: User) -> None: ...
+    async def get(self, tenant: str, user_id: uuid.UUID) -> User | None: ...
+    async def get_many(self, tenant: str, user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, User]: ...
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[User]: ...
+
+
+class ContactRepository(Protocol):
+    async def add(self, contact: Contact) -> None: ...
+    async def get(
+        self, tenant: str, contact_id: uuid.UUID, *, for_update: bool = False
+    ) -> Contact | None: ...
+    async def update(self, contact: Contact) -> None: ...
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Contact]: ...
+
+
+class WorkflowRepository(Protocol):
+    async def add(self, workflow: Workflow) -> None: ...
+    async def get(
+        self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = False
+    ) -> Workflow | None: ...
+
+    async def save(self, workflow: Workflow) -> None:
+        """Persist name changes, a changed draft and new versions. Published versions are never rewritten."""
+        ...
+
+    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Workflow]: ...
+
+
+class EnrollmentRepository(Protocol):
+    async def add(self, enrollment: Enrollment) -> None: ...
+    async def get(
+        self, tenant: str, enrollment_id: uuid.UUID, *, for_update: bool = False
+    ) -> Enrollment | None: ...
+
+    async def save(self, enrollment: Enrollment) -> None:
+        """Persist state and append history entries not stored yet."""
+        ...
+
+    async def running_for(
+        self, tenant: str, workflow_id: uuid.UUID, contact_id: uuid.UUID
+    ) -> Enrollment | None:
+        """The contact's active or waiting enrollment in this workflow, if any."""
+        ...
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        workflow_id: uuid.UUID | None = None,
+        contact_id: uuid.UUID | None = None,
+        limit: int,
+        offset: int,
+    ) -> Sequence[Enrollment]:
+        """Oldest first, optionally only one workflow's or one contact's."""
+        ...
+
+
+class ActionRepository(Protocol):
+    async def add(self, action: ManualAction) -> None: ...
+    async def get(
+        self, tenant: str, action_id: uuid.UUID, *, for_update: bool = False
+    ) -> ManualAction | None: ...
+    async def save(self, action: ManualAction) -> None: ...
+
+
+class RoundRobinRepository(Protocol):
+    async def ensure(self, tenant: str, workflow_id: uuid.UUID, step_ids: Collection[str]) -> None:
+        """Create a position (0) for each step that has none."""
+        ...
+
+    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
+        """Next position per Assign User step; locked until commit so concurrent enrollments take turns."""
+        ...
+
+    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. Leaving the ``async with`` block without ``commit()`` rolls back."""
+
+    users: UserRepository
+    contacts: ContactRepository
+    workflows: WorkflowRepository
+    enrollments: EnrollmentRepository
+    actions: ActionRepository
+    round_robin: RoundRobinRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+    async def rollback(self) -> None: ...
+
+    async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
+        """Stage ``envelope`` in the outbox of this transaction (published after commit)."""
+        ...
+
+    async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
+        """Record an incoming message id; False when this consumer already processed it."""
+        ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]

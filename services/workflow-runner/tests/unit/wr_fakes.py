@@ -1,0 +1,130 @@
+"""In-memory repositories and unit of work for driving the real handlers in unit tests.
+
+The fake keeps transactional behaviour that the handlers rely on: changes made inside a unit of
+work become visible (and staged messages become "published") only on commit.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from manual_actions.contracts import Envelope
+from workflow_runner.domain.enrollments import Enrollment, ManualAction
+from workflow_runner.domain.people import Contact, User
+from workflow_runner.domain.workflows import Workflow
+
+
+@dataclass
+class State:
+    users: dict[tuple[str, uuid.UUID], User] = field(default_factory=dict)
+    contacts: dict[tuple[str, uuid.UUID], Contact] = field(default_factory=dict)
+    workflows: dict[tuple[str, uuid.UUID], Workflow] = field(default_factory=dict)
+    enrollments: dict[tuple[str, uuid.UUID], Enrollment] = field(default_factory=dict)
+    actions: dict[tuple[str, uuid.UUID], ManualAction] = field(default_factory=dict)
+    round_robin: dict[tuple[str, uuid.UUID], dict[str, int]] = field(default_factory=dict)
+    outbox: list[tuple[str, Envelope[Any]]] = field(default_factory=list)
+    inbox: set[tuple[str, uuid.UUID]] = field(default_factory=set)
+
+
+class _Repo:
+    def __init__(self, uow: FakeUnitOfWork, name: str) -> None:
+        self._uow = uow
+        self._name = name
+
+    @property
+    def rows(self) -> dict[tuple[str, uuid.UUID], Any]:
+        return getattr(self._uow.working, self._name)  # type: ignore[no-any-return]
+
+    async def add(self, item: Any) -> None:
+        self.rows[(item.tenant, item.id)] = copy.deepcopy(item)
+
+    async def get(self, tenant: str, item_id: uuid.UUID, *, for_update: bool = False) -> Any:
+        found = self.rows.get((tenant, item_id))
+        return copy.deepcopy(found)
+
+    async def save(self, item: Any) -> None:
+        assert (item.tenant, item.id) in self.rows
+        self.rows[(item.tenant, item.id)] = copy.deepcopy(item)
+
+    update = save
+
+    async def list(self, tenant: str, *, limit: int, offset: int, **filters: Any) -> Sequence[Any]:
+        mine = [
+            copy.deepcopy(v)
+            for (t, _), v in self.rows.items()
+            if t == tenant
+            and all(value is None or getattr(v, name) == value for name, value in filters.items())
+        ]
+        return mine[offset : offset + limit]
+
+    async def get_many(self, tenant: str, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
+        return {i: copy.deepcopy(self.rows[(tenant, i)]) for i in ids if (tenant, i) in self.rows}
+
+    async def running_for(self, tenant: str, workflow_id: uuid.UUID, contact_id: uuid.UUID) -> Any:
+        for (t, _), e in self.rows.items():
+            if t == tenant and e.workflow_id == workflow_id and e.contact_id == contact_id and e.is_running:
+                return copy.deepcopy(e)
+        return None
+
+
+class _RoundRobin:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def ensure(self, tenant: str, workflow_id: uuid.UUID, step_ids: Collection[str]) -> None:
+        positions = self._uow.working.round_robin.setdefault((tenant, workflow_id), {})
+        for step_id in step_ids:
+            positions.setdefault(step_id, 0)
+
+    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
+        return dict(self._uow.working.round_robin.get((tenant, workflow_id), {}))
+
+    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None:
+        self._uow.working.round_robin[(tenant, workflow_id)] = dict(positions)
+
+
+class FakeUnitOfWork:
+    def __init__(self) -> None:
+        self.committed = State()
+        self.working = State()
+        self.commits = 0
+        self.users = _Repo(self, "users")
+        self.contacts = _Repo(self, "contacts")
+        self.workflows = _Repo(self, "workflows")
+        self.enrollments = _Repo(self, "enrollments")
+        self.actions = _Repo(self, "actions")
+        self.round_robin = _RoundRobin(self)
+
+    @property
+    def published(self) -> list[tuple[str, Envelope[Any]]]:
+        return self.committed.outbox
+
+    async def __aenter__(self) -> Self:
+        self.working = copy.deepcopy(self.committed)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.rollback()
+
+    async def commit(self) -> None:
+        self.committed = copy.deepcopy(self.working)
+        self.commits += 1
+
+    async def rollback(self) -> None:
+        self.working = copy.deepcopy(self.committed)
+
+    async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
+        self.working.outbox.append((topic, envelope))
+
+    async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
+        if (consumer, message_id) in self.working.inbox:
+            return False
+        self.working.inbox.add((consumer, message_id))
+        return True
