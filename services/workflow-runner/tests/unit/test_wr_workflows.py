@@ -65,6 +65,7 @@ def test_structural_mistakes_are_reported() -> None:
             {"type": "manual_call", "action_name": "Call"},
             {"id": "a", "type": "assign_user", "user_ids": [], "only_unassigned": "yes"},
             {"id": "b", "type": "assign_user", "user_ids": ["not-a-uuid"]},
+            {"id": "c", "action_name": "No type"},
         ],
         now=T0,
     )
@@ -76,6 +77,7 @@ def test_structural_mistakes_are_reported() -> None:
         "steps[2].only_unassigned",
         "steps[2].user_ids",
         "steps[3].user_ids[0]",
+        "steps[4].type",
     ]
 
 

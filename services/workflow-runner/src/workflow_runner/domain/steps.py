@@ -200,6 +200,9 @@ def parse_steps(
         else:
             seen_ids.add(step_id)
         raw_type = spec.get("type")
+        if raw_type is None:
+            problems.append(Problem(f"{prefix}.type", "is required"))
+            continue
         try:
             step_type = StepType(str(raw_type))
         except ValueError:
