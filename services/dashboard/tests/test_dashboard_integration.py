@@ -1,0 +1,337 @@
+"""The dashboard against the real Kafka and PostgreSQL of the session's stack.
+
+The faust app and the HTTP app run in the test's event loop (HTTP through ASGI, no socket);
+lifecycle events are produced to the real action-lifecycle topic. Each test uses its own faust
+app id (consumer group, changelog and delta topics) and its own tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from dashboard.entrypoints.api import build_app
+from dashboard.entrypoints.streams import DashboardStreams, running
+from dashboard.settings import DashboardSettings
+from manual_actions.auth import IdentityStore, Role
+from manual_actions.contracts import (
+    ActionCompleted,
+    ActionDeleted,
+    ActionQueued,
+    ActionType,
+    ContactSnapshot,
+    Envelope,
+    topics,
+)
+from manual_actions.contracts.dead_letters import parse_dead_letter_headers
+from manual_actions.db import create_engine
+from manual_actions.kafka import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+ZERO = {"total": 0, "calls": 0, "sms": 0}
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], *, within: float = 60.0, what: str) -> Any:
+    """Await ``probe`` until it returns a truthy value; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+def queued(tenant: str, action_type: ActionType, assignee: uuid.UUID | None) -> Envelope[ActionQueued]:
+    action_id = uuid.uuid4()
+    payload = ActionQueued(
+        action_id=action_id, action_type=action_type, action_name=f"Manual {action_type.value}",
+        workflow_id=uuid.uuid4(), workflow_version=1, workflow_name="Dashboard test", step_id="s1",
+        enrollment_id=uuid.uuid4(),
+        contact=ContactSnapshot(contact_id=uuid.uuid4(), name="Dana Contact", phone="+14155550123"),
+        assignee_user_id=assignee, message="Hi" if action_type is ActionType.SMS else None,
+        queued_at=datetime.now(UTC),
+    )
+    return Envelope.wrap(payload, source="workflow-runner", tenant=tenant, subject=str(action_id), sequence=1)
+
+
+def completed(of: Envelope[ActionQueued], sequence: int) -> Envelope[ActionCompleted]:
+    data = of.data
+    payload = ActionCompleted(
+        action_id=data.action_id, action_type=data.action_type, enrollment_id=data.enrollment_id,
+        step_id=data.step_id, assignee_user_id=data.assignee_user_id, outcome="connected", notes=None,
+        completed_by=data.assignee_user_id, completed_at=datetime.now(UTC),
+    )
+    return Envelope.wrap(
+        payload, source="action-queue", tenant=of.tenant, subject=of.subject, sequence=sequence
+    )
+
+
+def deleted(of: Envelope[ActionQueued], sequence: int) -> Envelope[ActionDeleted]:
+    data = of.data
+    payload = ActionDeleted(
+        action_id=data.action_id, action_type=data.action_type, enrollment_id=data.enrollment_id,
+        step_id=data.step_id, assignee_user_id=data.assignee_user_id, deleted_by=None,
+        deleted_at=datetime.now(UTC),
+    )
+    return Envelope.wrap(
+        payload, source="action-queue", tenant=of.tenant, subject=of.subject, sequence=sequence
+    )
+
+
+class Harness:
+    """One dashboard configuration (app id) that can be started, stopped and started again."""
+
+    def __init__(self, settings: DashboardSettings, identity: IdentityStore) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.produced: dict[TopicPartition, int] = {}
+
+    @property
+    def group(self) -> str:
+        return self.settings.faust_app_id
+
+    @property
+    def delta_topic(self) -> str:
+        return f"{self.group}-pending-deltas"
+
+    async def produce(self, *items: Envelope[Any] | tuple[str, bytes]) -> None:
+        """Produce envelopes (keyed by subject) or raw (key, value) pairs to action-lifecycle."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, enable_idempotence=True, acks="all"
+        )
+        await producer.start()
+        try:
+            for item in items:
+                if isinstance(item, Envelope):
+                    meta = await producer.send_and_wait(
+                        topics.ACTION_LIFECYCLE, item.to_json_bytes(), key=item.subject.encode(),
+                        headers=item.kafka_headers(),
+                    )
+                else:
+                    key, value = item
+                    meta = await producer.send_and_wait(topics.ACTION_LIFECYCLE, value, key=key.encode())
+                tp = TopicPartition(meta.topic, meta.partition)
+                self.produced[tp] = max(self.produced.get(tp, -1), meta.offset)
+        finally:
+            await producer.stop()
+
+    async def quiescent(self) -> bool:
+        """Everything we produced, and every delta, was processed and committed by the app."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(self.group)
+            delta_tps = [TopicPartition(self.delta_topic, p) for p in range(self.settings.pending_partitions)]
+            ends = await consumer.end_offsets(delta_tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+        def at(tp: TopicPartition) -> int:
+            meta = committed.get(tp)
+            return meta.offset if meta is not None else 0
+
+        lifecycle_done = all(at(tp) > offset for tp, offset in self.produced.items())
+        return lifecycle_done and all(at(tp) >= end for tp, end in ends.items())
+
+    async def reset_offsets_to_zero(self) -> None:
+        """Make the (stopped) app process everything again: a worst-case crash replay."""
+        tps = [TopicPartition(topics.ACTION_LIFECYCLE, p) for p in range(self.settings.pending_partitions)]
+        tps += [TopicPartition(self.delta_topic, p) for p in range(self.settings.pending_partitions)]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=self.group,
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.commit(dict.fromkeys(tps, 0))
+        finally:
+            await consumer.stop()
+
+    async def client(self, streams: DashboardStreams) -> httpx.AsyncClient:
+        app = build_app(streams, self.identity)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dashboard")
+
+
+@pytest.fixture
+async def harness(stack: Any, tmp_path: Path) -> AsyncIterator[Harness]:
+    await ensure_topics(stack.kafka_bootstrap)
+    identity_url = stack.database_url("identity")
+    settings = DashboardSettings(
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        identity_database_url=identity_url,
+        faust_app_id=f"manual-actions.dashboard-test-{uuid.uuid4().hex[:8]}",
+        faust_datadir=str(tmp_path / "faust"),
+        faust_commit_interval_seconds=0.3,
+    )
+    engine = create_engine(identity_url, pool_size=2)
+    identity = IdentityStore(engine)
+    await identity.create_schema()
+    try:
+        yield Harness(settings, identity)
+    finally:
+        await engine.dispose()
+
+
+async def new_tenant(identity: IdentityStore) -> str:
+    tenant = f"dash{uuid.uuid4().hex[:10]}"
+    await identity.create_tenant(tenant, f"Dashboard test {tenant}")
+    return tenant
+
+
+async def get_pending(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
+    response = await client.get("/v1/pending", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def wait_ready(client: httpx.AsyncClient) -> None:
+    async def ready() -> bool:
+        return (await client.get("/ready")).status_code == 200
+
+    await eventually(ready, what="/ready to pass (faust started, tables recovered)")
+
+
+async def test_counts_are_exact_and_survive_restart_and_full_replay(harness: Harness) -> None:
+    identity = harness.identity
+    t1, t2 = await new_tenant(identity), await new_tenant(identity)
+    alice, bob, carol = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    admin1 = await identity.issue_token(t1, Role.ADMIN, label="dashboard test")
+    agent_alice = await identity.issue_token(t1, Role.AGENT, alice, label="dashboard test")
+    manager2 = await identity.issue_token(t2, Role.MANAGER, label="dashboard test")
+
+    sms_alice = queued(t1, ActionType.SMS, alice)
+    call_alice = queued(t1, ActionType.CALL, alice)
+    call_bob = queued(t1, ActionType.CALL, bob)
+    sms_carol = queued(t2, ActionType.SMS, carol)
+    unassigned_call = queued(t2, ActionType.CALL, None)
+    garbage_key = f"garbage-{uuid.uuid4()}"
+
+    streams = DashboardStreams(harness.settings)
+    async with running(streams), await harness.client(streams) as client:
+        await wait_ready(client)
+        await harness.produce(
+            sms_alice, call_alice, call_bob, sms_carol, unassigned_call,
+            completed(sms_alice, 2),
+            call_bob,                    # the same ActionQueued twice: counted once
+            deleted(call_bob, 2),
+            deleted(call_bob, 3),        # deleting twice changes nothing more
+            completed(unassigned_call, 2),
+            deleted(unassigned_call, 3),  # delete after complete: nothing
+            (garbage_key, b"{not json"),  # dead-lettered, counting goes on
+        )
+        await eventually(harness.quiescent, what="every produced message processed and committed")
+
+        expected_t1 = {
+            "tenant": t1, "total": 1, "calls": 1, "sms": 0,
+            "by_assignee": {str(alice): {"total": 1, "calls": 1, "sms": 0}},
+            "unassigned": ZERO, "mine": None,
+        }
+        expected_t2 = {
+            "tenant": t2, "total": 1, "calls": 0, "sms": 1,
+            "by_assignee": {str(carol): {"total": 1, "calls": 0, "sms": 1}},
+            "unassigned": ZERO, "mine": None,
+        }
+        assert await get_pending(client, admin1) == expected_t1
+        assert await get_pending(client, manager2) == expected_t2
+        # An agent sees the tenant's totals and only their own assignee entry.
+        mine = {"total": 1, "calls": 1, "sms": 0}
+        assert await get_pending(client, agent_alice) == {**expected_t1, "mine": mine}
+
+        metrics = (await client.get("/metrics")).text
+        assert f'dashboard_pending_actions{{tenant="{t1}",type="call"}} 1.0' in metrics
+        assert f'dashboard_pending_actions{{tenant="{t2}",type="sms"}} 1.0' in metrics
+        assert "dashboard_lifecycle_events_total" in metrics
+
+    await assert_dead_lettered(harness, garbage_key)
+
+    # Restart: the tables come back from their changelogs, nothing is counted again.
+    streams = DashboardStreams(harness.settings)
+    async with running(streams), await harness.client(streams) as client:
+        await wait_ready(client)
+        assert await get_pending(client, admin1) == expected_t1
+        assert await get_pending(client, manager2) == expected_t2
+
+    # Worst case of a crash: every lifecycle message and every delta is delivered again.
+    await harness.reset_offsets_to_zero()
+    streams = DashboardStreams(harness.settings)
+    async with running(streams), await harness.client(streams) as client:
+        await wait_ready(client)
+        await eventually(harness.quiescent, what="the replay processed and committed")
+        assert await get_pending(client, admin1) == expected_t1
+        assert await get_pending(client, manager2) == expected_t2
+        # New events after the replay are still counted.
+        late = queued(t1, ActionType.SMS, None)
+        await harness.produce(late)
+        await eventually(harness.quiescent, what="the late event processed")
+        body = await get_pending(client, admin1)
+        assert (body["total"], body["sms"], body["unassigned"]) == (2, 1, {"total": 1, "calls": 0, "sms": 1})
+
+
+async def assert_dead_lettered(harness: Harness, key: str) -> None:
+    consumer = AIOKafkaConsumer(
+        topics.DEAD_LETTERS, bootstrap_servers=harness.settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    if record.key == key.encode():
+                        info = parse_dead_letter_headers(list(record.headers))
+                        assert info.original_topic == topics.ACTION_LIFECYCLE
+                        assert info.consumer_group == harness.group
+                        assert "not JSON" in info.reason
+                        assert record.value == b"{not json"
+                        return
+        raise AssertionError(f"no dead letter with key {key}")
+    finally:
+        await consumer.stop()
+
+
+async def test_http_errors_are_problem_json_and_widget_is_served(harness: Harness) -> None:
+    streams = DashboardStreams(harness.settings)
+    app = build_app(streams, harness.identity)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+        # Not started: not ready, and counts are refused rather than shown as zeros.
+        ready = await client.get("/ready")
+        assert ready.status_code == 503 and "stream-processor" in ready.json()["failing"]
+        tenant = await new_tenant(harness.identity)
+        token = await harness.identity.issue_token(tenant, Role.MANAGER, label="dashboard test")
+        unavailable = await client.get("/v1/pending", headers={"Authorization": f"Bearer {token}"})
+        assert unavailable.status_code == 503
+        assert unavailable.headers["content-type"].startswith("application/problem+json")
+
+        anonymous = await client.get("/v1/pending")
+        assert anonymous.status_code == 401
+        assert anonymous.headers["content-type"].startswith("application/problem+json")
+        bad = await client.get("/v1/pending", headers={"Authorization": "Bearer ma_nope_nope"})
+        assert bad.status_code == 401
+
+        page = await client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert 'src="widget.js"' in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        script = await client.get("/widget.js")
+        assert script.status_code == 200 and "v1/pending" in script.text
+        assert (await client.get("/health")).status_code == 200
