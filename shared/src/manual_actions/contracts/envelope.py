@@ -2,7 +2,8 @@
 
 Contract: ``id`` is unique per message and is what consumers deduplicate on; ``subject`` is the
 entity the message is about (also the Kafka key, so one entity's messages stay in order);
-``sequence`` increases by one for each message about the same subject from its owning service;
+``sequence`` increases by one for each message about the same subject on the same topic (on
+action-lifecycle gaplessly across writers: ActionQueued is 1, action-queue continues from there);
 ``tenant`` is always set. ``data`` holds the typed payload named by ``type`` and ``version``.
 """
 
@@ -93,7 +94,7 @@ class Envelope(BaseModel, Generic[P]):
     )
     sequence: int = Field(
         ge=1,
-        description="Numbers the messages one source writes about one subject: 1, 2, 3, ... in write order.",
+        description="Numbers the messages about one subject on one topic: 1, 2, 3, ... in write order.",
     )
     causation_id: uuid.UUID | None = Field(
         default=None, description="Id of the message that caused this one, if a message did."
