@@ -1,31 +1,175 @@
-"""Database plumbing: engines, sessions, and Alembic migrations run from code."""
+"""Database plumbing: engines, sessions, and Alembic migrations run from code.
+
+Each service keeps its migrations in ``adapters/migrations/`` (``env.py`` + ``versions/``), with no
+``alembic.ini``. Its ``env.py`` is three lines::
+
+    from manual_actions.db import run_alembic_env
+    from my_service.adapters.tables import metadata
+
+    run_alembic_env(metadata)
+
+and the process runs them at start-up, before serving::
+
+    await ensure_database(settings.database_url)
+    await run_migrations(Path(migrations.__file__).parent, settings.database_url)
+
+``run_migrations`` takes a PostgreSQL advisory lock for the whole upgrade, so replicas that start
+at the same time run the migrations once, one after the other (the later ones find the database
+at head). The outbox and inbox tables come from ``manual_actions.outbox.create_outbox_tables()``
+called in the service's first migration.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, AsyncSession
+import asyncpg
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_lock`` derived from ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+# Serialises concurrent ``run_migrations`` on one database (advisory locks are per database).
+MIGRATIONS_LOCK_KEY = advisory_lock_key("manual_actions.db.migrations")
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine with pre-ping, sized for one service process."""
-    raise NotImplementedError
+    """An asyncpg engine with pre-ping, sized for one service process.
+
+    Pre-ping checks a pooled connection before handing it out, so a database restart costs one
+    failed ping instead of one failed request per stale connection.
+    """
+    return create_async_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that do not expire objects on commit."""
-    raise NotImplementedError
+    return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def run_migrations(migrations_dir: Path, url: str) -> None:
+def asyncpg_dsn(url: str | URL) -> str:
+    """The ``postgresql://`` DSN asyncpg understands for a SQLAlchemy URL (``postgresql+asyncpg://``)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` if it does not exist (connects to ``postgres``).
+
+    Two processes creating the same database at once is fine: the loser's error is ignored.
+    """
+    parsed = make_url(url)
+    name = parsed.database
+    if not name:
+        raise ValueError("database URL names no database")
+    conn = await asyncpg.connect(asyncpg_dsn(parsed.set(database="postgres")))
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return
+        # Created concurrently by another process: PostgreSQL reports either error, depending on timing.
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+    finally:
+        await conn.close()
+
+
+def alembic_config(migrations_dir: Path, url: str) -> Config:
+    """An Alembic ``Config`` without an ini file: script location and URL set from code."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("path_separator", "os")
+    # Config values go through ConfigParser interpolation, where '%' is special.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _upgrade_on(connection: Connection, config: Config, revision: str) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def run_migrations(migrations_dir: Path, url: str, *, revision: str = "head") -> None:
     """Upgrade the database at ``url`` to head using the Alembic scripts in ``migrations_dir``.
 
     ``migrations_dir`` holds ``env.py`` and ``versions/``; no alembic.ini is needed. Safe to call
     from several processes at once (serialised by a PostgreSQL advisory lock).
+
+    The whole upgrade runs in one transaction (PostgreSQL has transactional DDL) that first takes
+    a transaction-level advisory lock: a second process waits, then sees the committed version
+    and has nothing left to do. ``env.py`` must call ``run_alembic_env``, which uses the
+    connection handed over here.
     """
-    raise NotImplementedError
+    config = alembic_config(migrations_dir, url)
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATIONS_LOCK_KEY})
+            await conn.run_sync(_upgrade_on, config, revision)
+    finally:
+        await engine.dispose()
 
 
-async def ensure_database(url: str) -> None:
-    """Create the database named in ``url`` if it does not exist (connects to ``postgres``)."""
-    raise NotImplementedError
+def _configure_and_run(
+    connection: Connection, target_metadata: MetaData | None, options: dict[str, Any]
+) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True, **options)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_with_own_engine(url: str, target_metadata: MetaData | None, options: dict[str, Any]) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATIONS_LOCK_KEY})
+            await conn.run_sync(_configure_and_run, target_metadata, options)
+    finally:
+        await engine.dispose()
+
+
+def run_alembic_env(target_metadata: MetaData | None, **configure_options: Any) -> None:
+    """The body of every service's migrations ``env.py``.
+
+    * Called through ``run_migrations``: migrates on the connection it hands over (in its
+      transaction, under its advisory lock).
+    * Called by the ``alembic`` command line (e.g. ``alembic revision --autogenerate`` with a
+      ``-c`` pointing at a throwaway ini): opens its own async engine from ``sqlalchemy.url``.
+    * Offline mode (``--sql``): writes the SQL instead of running it.
+
+    ``configure_options`` are passed on to ``context.configure`` (e.g. ``include_object``).
+    """
+    config = context.config
+    if context.is_offline_mode():
+        context.configure(
+            url=config.get_main_option("sqlalchemy.url"),
+            target_metadata=target_metadata,
+            literal_binds=True,
+            dialect_opts={"paramstyle": "named"},
+            **configure_options,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _configure_and_run(connection, target_metadata, configure_options)
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no connection handed over and no sqlalchemy.url configured")
+    asyncio.run(_run_with_own_engine(url, target_metadata, configure_options))

@@ -4,42 +4,205 @@ A service adds the envelopes it wants published to the ``outbox`` table in the s
 as its state change; ``OutboxRelay`` publishes them in insertion order and marks them published.
 Consumers record each processed event id in the ``inbox`` table in the transaction of its effect,
 so a redelivered event has no second effect.
+
+Using it in a service:
+
+* Tables: put ``outbox_table(metadata)`` and ``inbox_table(metadata)`` on the service's
+  ``MetaData`` (so autogenerate knows them) and call ``create_outbox_tables()`` in the upgrade of
+  the service's first migration (``drop_outbox_tables()`` in its downgrade). The helper is frozen:
+  a future change of these tables comes as a new, separately named helper for a new migration,
+  never as an edit of this one.
+* Writing: ``await add_to_outbox(session, topics.ACTION_LIFECYCLE, envelope)`` inside the
+  transaction that changes the state. Writes about one subject must be serialised (lock the
+  entity's row, which its ``sequence`` number needs anyway): then a later event of a subject
+  always has a higher outbox id and is published after the earlier one.
+* Consuming: ``if await first_time_seen(session, "action-queue", envelope.id): <apply effect>``
+  in the transaction of the effect.
+* Publishing: one ``OutboxRelay(engine, producer).run()`` task per process; only one relay per
+  database is active at a time (a session-level advisory lock), the others wait as standbys.
+
+Published rows are kept for ``retention`` (default one day) and then deleted by the relay: they
+show an operator what went out and when, and setting ``published_at`` back to NULL republishes a
+row. The partial index on unpublished ids keeps the relay's query cheap however many are kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import MetaData, Table
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.schema import SchemaItem
 
+from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope
+from manual_actions.db import advisory_lock_key, asyncpg_dsn
+from manual_actions.kafka import is_transient
+
+log = logging.getLogger(__name__)
+
+#: The channel ``add_to_outbox`` notifies and the relay listens on.
+OUTBOX_CHANNEL = "outbox"
+#: Session-level advisory lock held by the active relay of a database.
+RELAY_LOCK_KEY = advisory_lock_key("manual_actions.outbox.relay")
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def _outbox_schema() -> list[SchemaItem]:
+    # Fresh objects on every call: a Column can belong to one Table only.
+    return [
+        Column("id", BigInteger, primary_key=True, autoincrement=True, comment="Publication order."),
+        Column("message_id", UUID(as_uuid=True), nullable=False, unique=True, comment="Envelope id."),
+        Column("tenant", Text, nullable=False),
+        Column("topic", Text, nullable=False),
+        Column("key", Text, nullable=False, comment="Kafka key: the envelope's subject."),
+        Column("value", JSONB, nullable=False, comment="The envelope."),
+        Column(
+            "headers", JSONB, nullable=False, server_default=text("'[]'::jsonb"), comment="[[name, text]]"
+        ),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True), nullable=True),
+        Index("ix_outbox_unpublished", "id", postgresql_where=text("published_at IS NULL")),
+        Index("ix_outbox_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+    ]
+
+
+def _inbox_schema() -> list[SchemaItem]:
+    return [
+        Column("consumer", Text, nullable=False),
+        Column("message_id", UUID(as_uuid=True), nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        PrimaryKeyConstraint("consumer", "message_id", name="pk_inbox"),
+        Index("ix_inbox_processed_at", "processed_at"),
+    ]
 
 
 def outbox_table(metadata: MetaData) -> Table:
     """Define ``outbox`` (id bigserial, message_id uuid unique, topic, key, value jsonb,
-    headers jsonb, created_at, published_at nullable) on ``metadata``."""
-    raise NotImplementedError
+    headers jsonb, created_at, published_at nullable) on ``metadata``.
+
+    Also ``tenant`` (the envelope's, for operators filtering a backlog) and two partial indexes.
+    """
+    return Table("outbox", metadata, *_outbox_schema())
 
 
 def inbox_table(metadata: MetaData) -> Table:
-    """Define ``inbox`` (consumer text, message_id uuid, processed_at; primary key both) on ``metadata``."""
-    raise NotImplementedError
+    """Define ``inbox`` (consumer text, message_id uuid, processed_at; primary key both) on ``metadata``.
+
+    A technical dedupe record: the tenant lives on the effect's own rows, not here.
+    """
+    return Table("inbox", metadata, *_inbox_schema())
+
+
+def create_outbox_tables() -> None:
+    """Create ``outbox`` and ``inbox`` from inside an Alembic migration's ``upgrade()``."""
+    from alembic import op  # only meaningful while Alembic runs a migration
+
+    op.create_table("outbox", *_outbox_schema())
+    op.create_table("inbox", *_inbox_schema())
+
+
+def drop_outbox_tables() -> None:
+    """Drop ``inbox`` and ``outbox`` from inside an Alembic migration's ``downgrade()``."""
+    from alembic import op
+
+    op.drop_table("inbox")
+    op.drop_table("outbox")
+
+
+# Private table objects for the statements below; services define their own copies on their metadata.
+_OUTBOX = outbox_table(MetaData())
+_INBOX = inbox_table(MetaData())
+
+
+# --- writing and deduplicating -------------------------------------------------------------------
 
 
 async def add_to_outbox(session: AsyncSession | AsyncConnection, topic: str, envelope: Envelope[Any]) -> None:
     """Stage ``envelope`` for publication on ``topic`` (key = envelope.subject) in the caller's transaction.
 
     Also issues ``NOTIFY outbox`` so the relay wakes at once after commit.
+    (PostgreSQL delivers a notification only when its transaction commits, never on rollback.)
     """
-    raise NotImplementedError
+    await session.execute(
+        insert(_OUTBOX).values(
+            message_id=envelope.id,
+            tenant=envelope.tenant,
+            topic=topic,
+            key=envelope.subject,
+            value=envelope.to_jsonable(),
+            headers=[[name, value.decode()] for name, value in envelope.kafka_headers()],
+        )
+    )
+    await session.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
 
 
-async def first_time_seen(session: AsyncSession | AsyncConnection, consumer: str, message_id: uuid.UUID) -> bool:
-    """Record ``message_id`` as processed by ``consumer``; False when it was already recorded."""
-    raise NotImplementedError
+async def first_time_seen(
+    session: AsyncSession | AsyncConnection, consumer: str, message_id: uuid.UUID
+) -> bool:
+    """Record ``message_id`` as processed by ``consumer``; False when it was already recorded.
+
+    Call it in the transaction of the effect. If another transaction recorded the same id and
+    has not committed yet, this waits for it and then returns False (or True if it rolled back).
+    """
+    statement = (
+        insert(_INBOX)
+        .values(consumer=consumer, message_id=message_id)
+        .on_conflict_do_nothing(index_elements=["consumer", "message_id"])
+        .returning(_INBOX.c.message_id)
+    )
+    result = await session.execute(statement)
+    return result.first() is not None
+
+
+async def prune_inbox(session: AsyncSession | AsyncConnection, older_than: timedelta) -> int:
+    """Delete inbox records older than ``older_than``; return how many.
+
+    Only safe beyond the longest time a message can be redelivered (consumer lag plus topic
+    retention), so keep ``older_than`` generous (weeks).
+    """
+    cutoff = datetime.now(UTC) - older_than
+    result = await session.execute(delete(_INBOX).where(_INBOX.c.processed_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- the relay -----------------------------------------------------------------------------------
+
+_SELECT_PENDING = """
+    SELECT id, topic, key, value::text AS value, headers::text AS headers, created_at
+    FROM outbox
+    WHERE published_at IS NULL
+    ORDER BY id
+    LIMIT $1
+"""
+_MARK_PUBLISHED = "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])"
+_PRUNE_PUBLISHED = "DELETE FROM outbox WHERE published_at < now() - $1::interval"
 
 
 class OutboxRelay:
@@ -47,19 +210,192 @@ class OutboxRelay:
 
     Rows are marked published only after the broker acknowledged them, so a crash repeats
     rather than loses a message; consumers dedupe by envelope id.
+
+    The relay works on one dedicated asyncpg connection (not from the engine's pool): it holds
+    the session-level advisory lock, LISTENs on ``outbox`` and runs the relay's queries, so if
+    that connection dies the lock is released and this relay stops publishing in the same
+    moment. A standby retries the lock every ``lock_retry_interval_ms``. ``producer`` is started
+    and stopped by the caller (use ``kafka.create_producer``: idempotent, acks=all).
     """
 
-    def __init__(self, engine: AsyncEngine, producer: AIOKafkaProducer, *, batch_size: int = 500,
-                 poll_interval_ms: int = 200) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        producer: AIOKafkaProducer,
+        *,
+        batch_size: int = 500,
+        poll_interval_ms: int = 200,
+        lock_retry_interval_ms: int = 1000,
+        retention: timedelta | None = timedelta(days=1),
+        prune_interval_s: float = 300.0,
+        backoff_max_s: float = 10.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._dsn = asyncpg_dsn(engine.url)
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_ms / 1000
+        self._lock_retry_s = lock_retry_interval_ms / 1000
+        self._retention = retention
+        self._prune_interval_s = prune_interval_s
+        self._backoff_max_s = backoff_max_s
+        self._conn: asyncpg.Connection | None = None  # set while this relay holds the lock
+        self._conn_lock = asyncio.Lock()  # one query at a time on the dedicated connection
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._run_task: asyncio.Task[Any] | None = None
+        self._last_prune = float("-inf")  # prune once right after becoming active
+
+    @property
+    def is_active(self) -> bool:
+        """True while this relay holds the lock (it is the one publishing for its database)."""
+        return self._conn is not None
 
     async def run(self) -> None:
-        """Publish until ``stop()``; wakes on NOTIFY and at least every poll interval."""
-        raise NotImplementedError
+        """Publish until ``stop()``; wakes on NOTIFY and at least every poll interval.
+
+        Errors (database or broker unavailable, or anything else) are logged and retried after a
+        backoff with a new connection; the relay does not die while the process lives.
+        """
+        if self._run_task is not None:
+            raise RuntimeError("OutboxRelay.run() is already running or has run")
+        self._run_task = asyncio.current_task()
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session()
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    metrics.OUTBOX_RELAY_ERRORS.inc()
+                    log.warning(
+                        "outbox relay failed, retrying",
+                        exc_info=None if is_transient(exc) else exc,
+                        extra={"error": repr(exc), "attempt": failures},
+                    )
+                    await self._sleep(min(self._backoff_max_s, 0.2 * 2 ** min(failures, 10)))
+        finally:
+            self._stopped.set()
 
     async def publish_pending(self) -> int:
-        """Publish what is pending now; return how many rows were published."""
-        raise NotImplementedError
+        """Publish what is pending now; return how many rows were published.
+
+        Uses the running relay's connection when it is active; otherwise opens one, and publishes
+        only if no other relay holds the lock (returning 0 if one does).
+        """
+        if self._conn is not None:
+            return await self._drain(self._conn)
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                return 0
+            try:
+                return await self._drain(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+        finally:
+            await conn.close()
 
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Stop after the batch in flight (it is acknowledged and marked, or left for a re-send)."""
+        self._stopping.set()
+        self._wake.set()  # cuts short the wait for NOTIFY or the next poll
+        task = self._run_task
+        if task is None or task is asyncio.current_task() or task.done():
+            return
+        await self._stopped.wait()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, returning early on stop()."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _session(self) -> None:
+        """One connection's life: wait for the lock, then publish until stop or an error."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            while not self._stopping.is_set():
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY):
+                    break
+                await self._sleep(self._lock_retry_s)
+            else:
+                return
+            await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            self._conn = conn
+            metrics.OUTBOX_RELAY_ACTIVE.set(1)
+            log.info("outbox relay active")
+            while not self._stopping.is_set():
+                # Cleared before looking, so a NOTIFY arriving meanwhile triggers another look.
+                self._wake.clear()
+                await self._drain(conn)
+                await self._maybe_prune(conn)
+                if self._stopping.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+        finally:
+            if self._conn is conn:
+                self._conn = None
+                metrics.OUTBOX_RELAY_ACTIVE.set(0)
+                log.info("outbox relay no longer active")
+            # Closing the session releases the advisory lock for a standby.
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5)
+            except Exception:
+                conn.terminate()
+
+    async def _drain(self, conn: asyncpg.Connection) -> int:
+        """Publish batch after batch until fewer than a full batch were pending."""
+        total = 0
+        while True:
+            async with self._conn_lock:
+                published = await self._publish_batch(conn)
+            total += published
+            if published < self._batch_size or self._stopping.is_set():
+                return total
+
+    async def _publish_batch(self, conn: asyncpg.Connection) -> int:
+        rows: Sequence[asyncpg.Record] = await conn.fetch(_SELECT_PENDING, self._batch_size)
+        if not rows:
+            metrics.OUTBOX_OLDEST_UNPUBLISHED_AGE.set(0)
+            return 0
+        oldest: datetime = rows[0]["created_at"]
+        metrics.OUTBOX_OLDEST_UNPUBLISHED_AGE.set(max(0.0, (datetime.now(UTC) - oldest).total_seconds()))
+        acks = []
+        for row in rows:
+            headers = [(name, value.encode()) for name, value in json.loads(row["headers"])]
+            # send() returns once the message is queued, in call order: the idempotent producer
+            # keeps that order per partition, so id order is publication order per key.
+            ack = await self._producer.send(
+                row["topic"], value=row["value"].encode(), key=row["key"].encode(), headers=headers
+            )
+            acks.append(ack)
+        # All acknowledged, or this raises and nothing is marked: the batch is sent again.
+        await asyncio.gather(*acks)
+        ids = [row["id"] for row in rows]
+        await conn.execute(_MARK_PUBLISHED, ids)
+        for topic, count in Counter(row["topic"] for row in rows).items():
+            metrics.OUTBOX_PUBLISHED.labels(topic).inc(count)
+        if len(rows) < self._batch_size:
+            metrics.OUTBOX_OLDEST_UNPUBLISHED_AGE.set(0)  # that was all there was
+        log.debug("outbox rows published", extra={"count": len(rows), "first_id": ids[0], "last_id": ids[-1]})
+        return len(rows)
+
+    async def _maybe_prune(self, conn: asyncpg.Connection) -> None:
+        if self._retention is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._last_prune < self._prune_interval_s:
+            return
+        self._last_prune = now
+        async with self._conn_lock:
+            status = await conn.execute(_PRUNE_PUBLISHED, self._retention)
+        log.debug("published outbox rows pruned", extra={"status": status})
