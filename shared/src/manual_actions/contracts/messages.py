@@ -55,6 +55,7 @@ class ActionQueued(Payload):
         description="Who must work it; null when nobody could be assigned."
     )
     message: str | None = Field(default=None, description="Rendered SMS text (SMS actions only).")
+    notes: str | None = Field(default=None, description="Script or notes for the person (call actions).")
     priority: int = Field(default=0, ge=0, le=100)
     queued_at: datetime
 
