@@ -1,0 +1,1 @@
+"""Tests of the local infrastructure (devstack) against the real components."""
