@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from devstack import TEST_ACCOUNT_SID, Stack
+from devstack import TEST_ACCOUNT_SID, ComponentError, Stack
+from devstack._util import pid_alive
+from devstack.install import find_pg_bin
+from devstack.postgres import Postgres
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +55,30 @@ def test_cli_status_reports_every_component_alive(stack: Stack) -> None:
     status = json.loads(result.stdout)
     assert status["alive"] == {"kafka": True, "postgres": True, "prism": True, "twilio_proxy": True}
     assert status["kafka_bootstrap"] == stack.kafka_bootstrap
+
+
+def test_a_failed_start_names_the_component_and_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An option the JVM refuses: Kafka cannot start, the other two can.
+    monkeypatch.setenv("MA_KAFKA_JVM_OPTS", "-XX:+NoSuchOptionForDevstackTests")
+    broken = Stack(tmp_path / "broken", fsync=False)
+    try:
+        with pytest.raises(ComponentError) as caught:
+            broken.start(timeout=60)
+        assert caught.value.component == "kafka"
+        assert caught.value.log_file is not None and caught.value.log_file.exists()
+
+        run = tmp_path / "broken"
+        for pid_file in (run / "twilio-mock" / "prism.pid", run / "twilio-mock" / "proxy.pid"):
+            pid = int(pid_file.read_text())
+            assert not pid_alive(pid, str(run / "twilio-mock")), f"{pid_file.name} still running"
+        # pytest's tmp dirs are private (0700): PostgreSQL's folder went to the temp fallback.
+        pg_bin = find_pg_bin()
+        assert pg_bin is not None
+        pg_home = Postgres(run, pg_bin, fsync=False)._home()
+        assert pg_home.name.startswith("ma-devstack-pg-")
+        assert (pg_home / "data" / "PG_VERSION").exists()  # it was initialised and started ...
+        assert not (pg_home / "data" / "postmaster.pid").exists()  # ... and stopped again
+    finally:
+        broken.remove()

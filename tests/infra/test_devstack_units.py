@@ -82,7 +82,9 @@ def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     marker = str(tmp_path)
     script = "import signal, time, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
     pid = spawn(
-        [sys.executable, "-c", script, marker], log_file=tmp_path / "child.log", pid_file=tmp_path / "child.pid"
+        [sys.executable, "-c", script, marker],
+        log_file=tmp_path / "child.log",
+        pid_file=tmp_path / "child.pid",
     )
     deadline = time.monotonic() + 10
     while not pid_alive(pid, marker) and time.monotonic() < deadline:

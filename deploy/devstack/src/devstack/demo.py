@@ -53,18 +53,26 @@ def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
 
     def created(response: httpx.Response) -> dict[str, Any]:
         if response.status_code >= 300:
-            raise RuntimeError(f"{response.request.method} {response.request.url}: {response.status_code} {response.text}")
+            raise RuntimeError(
+                f"{response.request.method} {response.request.url}: {response.status_code} {response.text}"
+            )
         return dict(response.json())
 
-    manager = created(admin.post("/v1/users", json={"name": "Maya Manager", "phone": "+14155550190", "role": "manager"}))
+    manager = created(
+        admin.post("/v1/users", json={"name": "Maya Manager", "phone": "+14155550190", "role": "manager"})
+    )
     agents = [
         created(admin.post("/v1/users", json={"name": name, "phone": phone, "role": "agent"}))
         for name, phone in (("Alex Agent", "+14155550191"), ("Sam Agent", "+14155550192"))
     ]
     tokens = {
-        user["name"]: created(admin.post(f"/v1/users/{user['id']}/tokens"))["token"] for user in [manager, *agents]
+        user["name"]: created(admin.post(f"/v1/users/{user['id']}/tokens"))["token"]
+        for user in [manager, *agents]
     }
-    contacts = [created(admin.post("/v1/contacts", json={"name": name, "phone": phone})) for name, phone in DEMO_CONTACTS]
+    contacts = [
+        created(admin.post("/v1/contacts", json={"name": name, "phone": phone}))
+        for name, phone in DEMO_CONTACTS
+    ]
     workflow = created(
         admin.post(
             "/v1/workflows",
@@ -76,7 +84,9 @@ def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
                         "id": "intro-sms",
                         "type": "manual_sms",
                         "action_name": "Intro SMS",
-                        "message": "Hi {{contact.first_name}}, this is {{user.name}}. Is now a good time to talk?",
+                        "message": (
+                            "Hi {{contact.first_name}}, this is {{user.name}}. Is now a good time to talk?"
+                        ),
                     },
                     {"id": "intro-call", "type": "manual_call", "action_name": "Intro call"},
                 ],
