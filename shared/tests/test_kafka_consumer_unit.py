@@ -369,3 +369,26 @@ def test_producer_is_idempotent_with_acks_all() -> None:
     assert producer._sender._acks == -1  # acks="all"
     assert producer._key_serializer("subject-1") == b"subject-1"
     assert producer._key_serializer(b"raw") == b"raw"
+
+
+async def test_stop_during_a_retry_backoff_commits_only_the_prefix_already_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[list[int]] = []
+
+    async def handler(batch: Sequence[Delivered]) -> None:
+        calls.append([d.offset for d in batch])
+        if any(d.offset == 1 for d in batch):
+            raise ValueError("not yet")
+
+    harness = Harness(monkeypatch, handler, max_attempts=5, backoff_initial_s=0.2, backoff_max_s=0.2)
+    for i in range(3):
+        harness.produce(envelope(i).to_json_bytes())
+    harness.start()
+    await harness.until(lambda: [1] in calls)  # offset 0 done alone, offset 1 failed, backing off
+    await asyncio.wait_for(harness.stop(), timeout=5)
+
+    assert calls == [[0, 1, 2], [0], [1]]
+    # Offset 0 is done and committed; 1 and 2 are left for the next owner, nothing dead-lettered.
+    assert harness.commits() == [("commit", TOPIC, 0, 1)]
+    assert harness.broker.records(DEAD_LETTERS) == []

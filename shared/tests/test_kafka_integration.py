@@ -171,6 +171,16 @@ class Running:
         await self.task
 
 
+async def test_ensure_topics_warns_when_an_existing_topic_has_another_partition_count(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = await new_topic(stack, partitions=2)
+    with caplog.at_level("WARNING", logger="manual_actions.kafka"):
+        await ensure_topics(stack.kafka_bootstrap, topics=[TopicSpec(name, partitions=3)])
+    drift = [r for r in caplog.records if "partition count" in r.getMessage()]
+    assert [(r.topic, r.actual, r.registry) for r in drift] == [(name, 2, 3)]  # type: ignore[attr-defined]
+
+
 async def test_ensure_topics_creates_the_registry_topics_and_tolerates_races(stack: Any) -> None:
     await ensure_topics(stack.kafka_bootstrap)
     specs = [TopicSpec(f"test.kafka-race-{uuid.uuid4().hex[:8]}", partitions=3, retention_ms=3_600_000)]

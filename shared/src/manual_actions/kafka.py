@@ -135,8 +135,9 @@ async def ensure_topics(
     """Create every topic of the registry that does not exist yet (partitions, cleanup policy).
 
     ``replication_factor`` defaults to the ``KAFKA_REPLICATION_FACTOR`` environment variable, or 1
-    (a single local broker). Existing topics are left as they are, and losing a creation race to
-    another process is not an error. Returns once every created topic has a leader for each
+    (a single local broker). Existing topics are left as they are (a partition count that differs
+    from the registry is logged as a warning), and losing a creation race to another process is
+    not an error. Returns once every created topic has a leader for each
     partition. ``topics`` replaces the registry's list (tests create topics of their own).
     """
     if replication_factor is None:
@@ -147,6 +148,7 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
+        await _warn_about_partition_drift(admin, [t for t in wanted if t.name in existing])
         if not missing:
             return
         new_topics = []
@@ -165,6 +167,20 @@ async def ensure_topics(
         await _wait_until_ready(admin, [t.name for t in missing], ready_timeout_s)
     finally:
         await admin.close()
+
+
+async def _warn_about_partition_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    # Never changed automatically: adding partitions moves keys and breaks per-key order.
+    if not specs:
+        return
+    wanted = {t.name: t.partitions for t in specs}
+    for described in await admin.describe_topics(list(wanted)):
+        actual = len(described["partitions"])
+        if described["error_code"] == 0 and actual != wanted[described["topic"]]:
+            log.warning(
+                "topic has another partition count than the registry says",
+                extra={"topic": described["topic"], "actual": actual, "registry": wanted[described["topic"]]},
+            )
 
 
 async def _wait_until_ready(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
@@ -397,8 +413,9 @@ class BatchConsumer:
             log.info("consumer stopped", extra={"group": self._group_id})
 
     async def stop(self) -> None:
-        """Stop after the batch in flight: it finishes and commits unless it is waiting out a
-        transient failure, in which case it is given up uncommitted (and redelivered later)."""
+        """Stop after the batch in flight: it finishes and commits, unless it would have to wait
+        (a backoff after a failure). Then it is given up: what was already handled or
+        dead-lettered is committed, the rest is redelivered to the next owner."""
         self._stopping.set()
         task = self._run_task
         if task is None or task is asyncio.current_task() or task.done():
@@ -475,7 +492,15 @@ class BatchConsumer:
         try:
             await self._handler(deliveries)
         finally:
-            metrics.CONSUMER_HANDLER_DURATION.labels(self._group_id).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.CONSUMER_HANDLER_DURATION.labels(self._group_id).observe(elapsed)
+            if elapsed > self._max_poll_interval_ms / 2000:
+                # Past max_poll_interval_ms the group evicts this member and the batch is redone
+                # elsewhere: warn while there is still margin.
+                log.warning(
+                    "handler call took more than half of max_poll_interval_ms",
+                    extra={"group": self._group_id, "seconds": round(elapsed, 3), "count": len(deliveries)},
+                )
 
     async def _handle(self, batch: _Batch, items: list[_Item]) -> None:
         """The whole batch at once; after a non-transient failure, one message at a time."""
@@ -514,7 +539,8 @@ class BatchConsumer:
         exc = first_failure
         while True:
             if exc is None:
-                self._check_abandon(batch, item.tp)
+                # A stop does not interrupt the batch here, only where it would have to wait.
+                self._check_abandon(batch, item.tp, on_stop=False)
                 try:
                     await self._call_handler([item.delivered])
                     return
@@ -651,8 +677,10 @@ class BatchConsumer:
 
     # -- waiting without losing the partitions --------------------------------------------------
 
-    def _check_abandon(self, batch: _Batch, tp: TopicPartition | None = None) -> None:
-        if self._stopping.is_set():
+    def _check_abandon(
+        self, batch: _Batch, tp: TopicPartition | None = None, *, on_stop: bool = True
+    ) -> None:
+        if on_stop and self._stopping.is_set():
             raise _Abandon()
         if batch.tps <= batch.fenced or (tp is not None and tp in batch.fenced):
             raise _Abandon()
