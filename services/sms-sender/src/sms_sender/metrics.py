@@ -1,0 +1,30 @@
+"""Metrics of sms-sender, each declared once here with what it counts.
+
+Twilio request latency is ``manual_actions_twilio_request_seconds`` (``manual_actions.twilio_support``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+# SendSms requests Twilio accepted (answered with a message sid). Not yet "sent": see SMS_SENT.
+SMS_ACCEPTED = Counter("sms_sender_sms_accepted", "SMS requests Twilio accepted.")
+
+# SmsSent events staged: Twilio reported an SMS sent or delivered (once per command).
+SMS_SENT = Counter("sms_sender_sms_sent", "SMS reported sent (SmsSent published).")
+
+# SmsFailed events staged, by why: "rejected" (Twilio refused the request), "unreachable" (Twilio
+# never reached; nothing sent), "unknown" (interrupted request, not resent), "undelivered"
+# (accepted, then reported failed/undelivered by a status callback).
+SMS_FAILED = Counter("sms_sender_sms_failed", "SMS reported failed (SmsFailed published), by kind.", ["kind"])
+
+# Status callbacks received with a valid signature, by Twilio MessageStatus ("other" for a value
+# outside Twilio's documented set, to keep the label bounded).
+STATUS_CALLBACKS = Counter(
+    "sms_sender_status_callbacks", "Twilio message status callbacks received, by status.", ["status"]
+)
+
+MESSAGE_STATUSES = frozenset({
+    "queued", "sending", "sent", "delivered", "undelivered", "failed", "accepted", "scheduled",
+    "canceled", "read", "receiving", "received", "partially_delivered",
+})

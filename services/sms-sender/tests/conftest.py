@@ -1,0 +1,19 @@
+"""Fixtures of the sms-sender integration tests (see ``twilio_harness``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from manual_actions.contracts import topics
+from sms_sender.entrypoints.main import SPEC
+from sms_sender.settings import SmsSenderSettings
+from twilio_harness import Harness, running, settings_for
+
+
+@pytest.fixture(scope="module")
+async def sms(stack: Any) -> AsyncIterator[Harness]:
+    settings = settings_for(SmsSenderSettings, stack, "sms_sender_it")
+    async with running(SPEC, settings, stack, topics.SMS_RESULTS) as harness:
+        yield harness
