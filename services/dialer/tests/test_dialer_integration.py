@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from dialer.adapters.tables import call_status_callbacks, outgoing_calls
-from manual_actions.contracts import CallCompleted, Envelope, PlaceCall, topics
+from manual_actions.contracts import CallCompleted, Envelope, PlaceCall, registry, topics
 from manual_actions.twilio_support import SIGNATURE_HEADER
 from twilio.request_validator import RequestValidator
 from twilio_harness import Harness, eventually
@@ -68,6 +68,7 @@ async def test_a_call_rings_the_agent_bridges_the_contact_and_reports_completed_
         envelope.id,
         "tenant-dialer-it",
     )
+    assert registry.validate_envelope(event.to_jsonable(), topics.CALL_RESULTS) == []
     recorded = [r["twilio_status"] for r in await dialer.rows(call_status_callbacks, command_id)]
     assert sorted(recorded) == sorted(["initiated", "ringing", "in-progress", "completed"])
 
@@ -110,6 +111,7 @@ async def test_an_invalid_number_is_reported_as_a_failed_call(dialer: Harness) -
         lambda: dialer.results.for_command(envelope.data.command_id), what="CallCompleted"
     )
     assert (event.data.call_status, event.data.call_sid) == ("failed", None)
+    assert registry.validate_envelope(event.to_jsonable(), topics.CALL_RESULTS) == []
     [row] = await dialer.rows(outgoing_calls, envelope.data.command_id)
     assert row["status"] == "failed"
     assert "Twilio error 21217" in row["last_error"] and "not a valid phone number" in row["last_error"]

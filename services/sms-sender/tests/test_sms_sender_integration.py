@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from manual_actions.contracts import Envelope, SendSms, SmsFailed, SmsSent, topics
+from manual_actions.contracts import Envelope, SendSms, SmsFailed, SmsSent, registry, topics
 from manual_actions.twilio_support import SIGNATURE_HEADER
 from sms_sender.adapters.tables import outgoing_sms, sms_status_callbacks
 from sqlalchemy import func, insert
@@ -64,6 +64,7 @@ async def test_a_command_delivered_twice_is_sent_once_and_reported_sent_once(sms
         envelope.id,
     )
     assert (event.data.delivery_status, event.data.to) == ("sent", "+14155550100")
+    assert registry.validate_envelope(event.to_jsonable(), topics.SMS_RESULTS) == []
 
     [row] = await sms.rows(outgoing_sms, command_id)
     assert (row["status"], row["twilio_sid"], row["result"], row["results_published"]) == (
@@ -144,6 +145,7 @@ async def test_a_number_twilio_refuses_is_reported_failed_with_a_readable_reason
     assert words in event.data.reason and str(code) in event.data.reason
     assert event.data.message_sid is None
     assert (event.sequence, event.causation_id, event.tenant) == (1, envelope.id, "tenant-sms-it")
+    assert registry.validate_envelope(event.to_jsonable(), topics.SMS_RESULTS) == []
     [request] = await sms.mock_requests(command_id)
     assert request["status"] == 400
     [row] = await sms.rows(outgoing_sms, command_id)
