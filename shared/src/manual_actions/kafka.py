@@ -35,10 +35,12 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, for_code
 
+from manual_actions import faults
 from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope, InvalidMessage, decode, registry
 from manual_actions.contracts import topics as topic_names
 from manual_actions.contracts.dead_letters import dead_letter_headers
+from manual_actions.faults import crash_point
 from manual_actions.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -470,6 +472,7 @@ class BatchConsumer:
             self._resume_paused()
 
     async def _process_batch(self, batch: _Batch) -> None:
+        crash_point(faults.CONSUMER_AFTER_FETCH)
         items: list[_Item] = []
         for tp, records in batch.records.items():
             metrics.CONSUMER_MESSAGES.labels(self._group_id, tp.topic).inc(len(records))
@@ -484,6 +487,7 @@ class BatchConsumer:
                 items.append(_Item(record, delivered))
         if items:
             await self._handle(batch, items)
+        crash_point(faults.CONSUMER_AFTER_HANDLER)
         await self._commit(batch, batch.next_offsets(only_done=False), retry=True)
         metrics.CONSUMER_BATCHES.labels(self._group_id).inc()
 

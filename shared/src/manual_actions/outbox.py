@@ -58,9 +58,11 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.schema import SchemaItem
 
+from manual_actions import faults
 from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope
 from manual_actions.db import advisory_lock_key, asyncpg_dsn
+from manual_actions.faults import crash_point
 from manual_actions.kafka import is_transient
 
 log = logging.getLogger(__name__)
@@ -380,6 +382,7 @@ class OutboxRelay:
             acks.append(ack)
         # All acknowledged, or this raises and nothing is marked: the batch is sent again.
         await asyncio.gather(*acks)
+        crash_point(faults.RELAY_AFTER_SEND)
         ids = [row["id"] for row in rows]
         await conn.execute(_MARK_PUBLISHED, ids)
         for topic, count in Counter(row["topic"] for row in rows).items():
