@@ -191,8 +191,8 @@ class Postgres:
             return False
         return True
 
-    def stop(self, *, timeout: float = 30) -> None:
-        """``pg_ctl stop -m fast``; falls back to ``-m immediate`` if that does not finish."""
+    def stop(self, *, timeout: float = 30, mode: str = "fast") -> None:
+        """``pg_ctl stop -m <mode>``; falls back to ``-m immediate`` if that does not finish."""
         home = self._home()
         data = home / "data"
         if not (data / "postmaster.pid").exists():
@@ -211,7 +211,7 @@ class Postgres:
                     "-D",
                     str(data),
                     "-m",
-                    "fast",
+                    mode,
                     "-w",
                     "-t",
                     str(int(timeout)),

@@ -124,7 +124,10 @@ class ServiceProcesses:
         executable = Path(sys.executable).parent / name
         log = self.log_path(name).open("ab")
         self.processes[name] = subprocess.Popen(
-            [str(executable)], env={**self.env_for(name), **extra}, stdout=log, stderr=subprocess.STDOUT,
+            [str(executable)],
+            env={**self.env_for(name), **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()

@@ -180,31 +180,34 @@ class Stack:
             self._write()
             return self
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
         """Stop every component (SIGTERM, then SIGKILL after a timeout; PostgreSQL ``pg_ctl -m fast``).
 
         Idempotent, and works from the pid files even when a start failed before ``stack.json``
         was written. ``stack.json`` stays, marked not running, so a later start reuses the ports.
+        ``graceful=False`` kills at once (PostgreSQL ``-m immediate``): for data about to be deleted.
         """
         if not self.run_dir.is_dir():
             return
         with self._lock():
             state = self._read()
             pg_bin = (state.get("postgres") or {}).get("bin_dir")
-            self._stop_components(Path(pg_bin) if pg_bin else find_pg_bin())
+            self._stop_components(Path(pg_bin) if pg_bin else find_pg_bin(), graceful=graceful)
             if state:
                 state["running"] = False
                 self._state = state
                 self._write()
 
-    def _stop_components(self, pg_bin: Path | None) -> None:
+    def _stop_components(self, pg_bin: Path | None, *, graceful: bool = True) -> None:
         errors: list[Exception] = []
+        grace = 1.0 if graceful else 0.0
         stops = [
-            TwilioMock(self.run_dir, "node", account_sid="", auth_token="").stop,
-            Kafka(self.run_dir, "java").stop,
+            lambda: TwilioMock(self.run_dir, "node", account_sid="", auth_token="").stop(timeout=10 * grace),
+            lambda: Kafka(self.run_dir, "java").stop(timeout=30 * grace),
         ]
         if pg_bin is not None:
-            stops.append(Postgres(self.run_dir, pg_bin, fsync=True).stop)
+            postgres = Postgres(self.run_dir, pg_bin, fsync=True)
+            stops.append(lambda: postgres.stop(mode="fast" if graceful else "immediate"))
         for stop in stops:
             try:
                 stop()
@@ -214,8 +217,8 @@ class Stack:
             raise errors[0]
 
     def remove(self) -> None:
-        """Stop the stack and delete its run directory (and a PostgreSQL temp data dir, if any)."""
-        self.stop()
+        """Kill the stack and delete its run directory (and a PostgreSQL temp data dir, if any)."""
+        self.stop(graceful=False)
         pg_bin = find_pg_bin()
         if pg_bin is not None:
             Postgres(self.run_dir, pg_bin, fsync=True).remove_files()

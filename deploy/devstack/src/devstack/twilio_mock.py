@@ -133,10 +133,10 @@ class TwilioMock:
                 raise ComponentError(which, f"not ready within {timeout:.0f} s", log)
             time.sleep(0.3)
 
-    def stop(self) -> None:
-        """Stop the proxy, then Prism (SIGTERM, SIGKILL after 10 s)."""
-        terminate(read_pid(self.home / "proxy.pid"), self.marker, timeout=10)
-        terminate(read_pid(self.home / "prism.pid"), self.marker, timeout=10)
+    def stop(self, *, timeout: float = 10) -> None:
+        """Stop the proxy, then Prism (SIGTERM, SIGKILL after ``timeout``)."""
+        terminate(read_pid(self.home / "proxy.pid"), self.marker, timeout=timeout)
+        terminate(read_pid(self.home / "prism.pid"), self.marker, timeout=timeout)
 
     @staticmethod
     def _healthy(base_url: str) -> bool:
