@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 import time
 import uuid
@@ -139,9 +138,10 @@ class Harness:
 
 def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
     """Settings of a service under test: a free loopback port the mock calls back, an own
-    database, the stack's Kafka and Twilio mock, and short polling intervals."""
+    database and consumer group, the stack's Kafka and Twilio mock, and short polling intervals."""
     port = free_port()
     return settings_class(
+        consumer_group_id=f"{database}-{uuid.uuid4().hex[:8]}",
         http_port=port,
         public_base_url=f"http://127.0.0.1:{port}",
         kafka_bootstrap_servers=stack.kafka_bootstrap,
@@ -161,9 +161,8 @@ def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
 async def running(
     spec: TwilioServiceSpec, settings: TwilioSettings, stack: Any, results_topic: str
 ) -> AsyncIterator[Harness]:
-    """The service of ``spec`` built and served, with an own consumer group, until the block ends."""
-    spec = dataclasses.replace(spec, consumer_group=f"{spec.consumer_group}-it-{uuid.uuid4().hex[:8]}")
-    await position_group_at_end(stack.kafka_bootstrap, spec.consumer_group, spec.commands_topic)
+    """The service of ``spec`` built and served until the block ends (``settings`` from ``settings_for``)."""
+    await position_group_at_end(stack.kafka_bootstrap, settings.consumer_group_id, spec.commands_topic)
     harness = await _start(await build_twilio_service(settings, spec), settings, stack, results_topic)
     try:
         yield harness

@@ -73,6 +73,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from manual_actions.contracts import Envelope, Payload
 from manual_actions.db import create_engine, ensure_database, run_migrations
+from manual_actions.faults import crash_point
 from manual_actions.http import create_app, problem
 from manual_actions.kafka import (
     BatchConsumer,
@@ -95,6 +96,9 @@ _SDK_LOGGER = logging.getLogger("manual_actions.twilio.sdk")
 _SDK_LOGGER.setLevel(logging.WARNING)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+
+CRASH_AFTER_TWILIO_ANSWER = "dispatcher.after-twilio-answer"
+"""Crash point (``manual_actions.faults``): Twilio answered the create request; nothing recorded yet."""
 
 T = TypeVar("T")
 OutgoingRow = Mapping[str, Any]
@@ -150,6 +154,10 @@ class TwilioSettings(ServiceSettings):
     )
     public_base_url: str = Field(default="", description="Where Twilio reaches our webhooks.")
     twilio_request_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    consumer_group_id: str = Field(
+        default="", description="Consumer group of the commands consumer (each service sets its default)."
+    )
 
     dispatch_concurrency: int = Field(default=4, ge=1, description="Twilio requests in flight at most.")
     dispatch_poll_interval_ms: int = Field(default=500, ge=10)
@@ -800,6 +808,7 @@ class Dispatcher:
         TWILIO_REQUEST_SECONDS.labels(self._target.operation, outcome.value).observe(
             time.perf_counter() - started
         )
+        crash_point(CRASH_AFTER_TWILIO_ANSWER)
         return outcome, sid, error
 
     async def _record(
@@ -892,7 +901,6 @@ class TwilioServiceSpec:
     """What differs between the Twilio-facing services; ``build_twilio_service`` wires the rest."""
 
     migrations_dir: Path
-    consumer_group: str
     commands_topic: str
     table: Table
     target: Callable[[TwilioSettings], DispatchTarget]
@@ -922,6 +930,8 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
     missing = settings.missing_twilio_settings()
     if missing:
         raise SystemExit(f"{settings.service_name}: Twilio is not configured; set {', '.join(missing)}")
+    if not settings.consumer_group_id:
+        raise SystemExit(f"{settings.service_name}: CONSUMER_GROUP_ID is empty")
     await ensure_database(settings.database_url)
     await run_migrations(spec.migrations_dir, settings.database_url)
     await ensure_topics(settings.kafka_bootstrap_servers)
@@ -933,7 +943,7 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
                         poll_interval_ms=settings.outbox_poll_interval_ms)
     dispatcher = Dispatcher(engine, spec.table, spec.target(settings), make_client(settings), settings,
                             name=f"{settings.service_name}-dispatcher")
-    consumer = BatchConsumer(settings, group_id=spec.consumer_group, topics=[spec.commands_topic],
+    consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=[spec.commands_topic],
                              handler=spec.intake(engine, dispatcher.wake), producer=producer)
 
     async def database_reachable() -> None:
@@ -967,6 +977,7 @@ def twilio_main(settings: TwilioSettings, spec: TwilioServiceSpec) -> None:
 
 
 __all__ = [
+    "CRASH_AFTER_TWILIO_ANSWER",
     "SIGNATURE_HEADER",
     "DispatchFailure",
     "DispatchStatus",

@@ -14,11 +14,8 @@ from dialer.entrypoints.http import create_router
 from dialer.handlers.placing import CallTarget, place_call_intake
 from dialer.settings import DialerSettings
 
-CONSUMER_GROUP = "dialer"
-
 SPEC = TwilioServiceSpec(
     migrations_dir=Path(migrations.__file__).parent,
-    consumer_group=CONSUMER_GROUP,
     commands_topic=topics.CALL_COMMANDS,
     table=outgoing_calls,
     target=CallTarget,

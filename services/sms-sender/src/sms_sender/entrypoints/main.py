@@ -14,11 +14,8 @@ from sms_sender.entrypoints.http import create_router
 from sms_sender.handlers.sending import SmsTarget, send_sms_intake
 from sms_sender.settings import SmsSenderSettings
 
-CONSUMER_GROUP = "sms-sender"
-
 SPEC = TwilioServiceSpec(
     migrations_dir=Path(migrations.__file__).parent,
-    consumer_group=CONSUMER_GROUP,
     commands_topic=topics.SMS_COMMANDS,
     table=outgoing_sms,
     target=SmsTarget,
