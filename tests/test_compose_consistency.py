@@ -27,7 +27,8 @@ INFRASTRUCTURE = {"kafka", "postgres"}
 def settings_class(service: str) -> type[ServiceSettings]:
     module = importlib.import_module(f"{service.replace('-', '_')}.entrypoints.main")
     candidates = [
-        value for value in vars(module).values()
+        value
+        for value in vars(module).values()
         if inspect.isclass(value) and issubclass(value, ServiceSettings) and value is not ServiceSettings
     ]
     assert candidates, f"{module.__name__} has no ServiceSettings subclass"
@@ -53,7 +54,9 @@ def test_service_environment_matches_its_settings(service: str) -> None:
     assert required <= set(env), f"{service}: required variables missing {sorted(required - set(env))}"
     assert env["SERVICE_NAME"] == service
     assert int(env["HTTP_PORT"]) == SPECS[service].default_port
-    assert COMPOSE["services"][service]["ports"] == [f"{SPECS[service].default_port}:{SPECS[service].default_port}"]
+    assert COMPOSE["services"][service]["ports"] == [
+        f"{SPECS[service].default_port}:{SPECS[service].default_port}"
+    ]
     assert env["KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] == "kafka"
     if "DATABASE_URL" in env:
         url = urlsplit(env["DATABASE_URL"])

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from manual_actions.auth import IdentityStore, Role, parse_token
-from manual_actions.auth.cli import run
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from manual_actions.auth import IdentityStore, Role, parse_token
+from manual_actions.auth.cli import run
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,9 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
 from manual_actions.auth import (
     IdentityStore,
     Principal,
@@ -22,8 +25,6 @@ from manual_actions.auth import (
     require_roles,
 )
 from manual_actions.http import PROBLEM_JSON, create_app
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from manual_actions.contracts import (
     ActionQueued,
     Envelope,

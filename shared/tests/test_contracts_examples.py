@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+
 from manual_actions.contracts import decode, encode, registry
 from manual_actions.contracts.messages import ALL_MESSAGES
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+
 from manual_actions.contracts import dead_letters, generate, registry, topics
 from manual_actions.contracts.codec import PAYLOADS
 from manual_actions.contracts.envelope import Envelope

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+
 from manual_actions.contracts import InvalidMessage, Payload, codec, decode, upcaster, upcasting
 from manual_actions.contracts.messages import ALL_MESSAGES
 

@@ -14,6 +14,9 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import Column, Connection, MetaData, Table, Text, text
+from sqlalchemy.engine import make_url
+
 from manual_actions.db import (
     alembic_config,
     asyncpg_dsn,
@@ -23,8 +26,6 @@ from manual_actions.db import (
     session_factory,
 )
 from manual_actions.outbox import inbox_table, outbox_table
-from sqlalchemy import Column, Connection, MetaData, Table, Text, text
-from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.integration
 

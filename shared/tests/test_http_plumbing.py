@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
-from manual_actions.http import PROBLEM_JSON, add_readiness_check, create_app, problem
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
+
+from manual_actions.http import PROBLEM_JSON, add_readiness_check, create_app, problem
 
 
 class NewContact(BaseModel):

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError, UnknownTopicOrPartitionError
+
 from manual_actions import kafka as kafka_module
 from manual_actions.contracts import ActionDeleted, ActionType, Envelope
 from manual_actions.contracts.dead_letters import parse_dead_letter_headers

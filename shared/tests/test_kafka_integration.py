@@ -15,6 +15,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
 from manual_actions.contracts import ActionDeleted, ActionType, Envelope, registry
 from manual_actions.contracts.dead_letters import DeadLetterInfo, parse_dead_letter_headers
 from manual_actions.contracts.topics import DEAD_LETTERS
@@ -27,9 +31,6 @@ from manual_actions.kafka import (
     ensure_topics,
 )
 from manual_actions.settings import ServiceSettings
-from prometheus_client import REGISTRY
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 pytestmark = pytest.mark.integration
 

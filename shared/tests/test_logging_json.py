@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+
 from manual_actions.http import create_app
 from manual_actions.logging import configure_logging, log_context
 

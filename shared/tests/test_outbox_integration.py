@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import REGISTRY
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from manual_actions.contracts import ActionDeleted, ActionType, Envelope, decode
 from manual_actions.db import create_engine, session_factory
 from manual_actions.kafka import TopicSpec, create_producer, ensure_topics
 from manual_actions.outbox import OutboxRelay, add_to_outbox, first_time_seen, inbox_table, outbox_table
 from manual_actions.settings import ServiceSettings
-from prometheus_client import REGISTRY
-from sqlalchemy import MetaData, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 pytestmark = pytest.mark.integration
 

@@ -17,6 +17,7 @@ import time
 
 import httpx
 import pytest
+
 from manual_actions.http import create_app
 from manual_actions.service import serve
 from manual_actions.settings import ServiceSettings

@@ -23,6 +23,13 @@ import httpx
 import pytest
 import requests
 from fastapi import Depends
+from sqlalchemy import Column, MetaData, Table, Text, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
 from manual_actions.contracts import Envelope, SendSms, SmsFailed, topics
 from manual_actions.db import create_engine
 from manual_actions.http import create_app
@@ -49,12 +56,6 @@ from manual_actions.twilio_support import (
     stage_result,
     twilio_request_verifier,
 )
-from sqlalchemy import Column, MetaData, Table, Text, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.request_validator import RequestValidator
-from twilio.rest import Client
 
 ACCOUNT = "AC" + "0" * 32
 TOKEN = "test-auth-token"

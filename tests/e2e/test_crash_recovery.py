@@ -49,7 +49,9 @@ async def _produce(bootstrap: str, envelope: Envelope[Any]) -> None:
     await producer.start()
     try:
         await producer.send_and_wait(
-            topics.ACTION_LIFECYCLE, envelope.to_json_bytes(), key=envelope.subject.encode(),
+            topics.ACTION_LIFECYCLE,
+            envelope.to_json_bytes(),
+            key=envelope.subject.encode(),
             headers=envelope.kafka_headers(),
         )
     finally:

@@ -9,6 +9,7 @@ against the registry.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -23,10 +24,21 @@ from tests.e2e.conftest import api, eventually
 pytestmark = pytest.mark.e2e
 
 
-def _twilio_requests(stack: Any, suffix: str) -> list[dict[str, Any]]:
+def _twilio_requests(stack: Any, suffix: str, to: str) -> list[dict[str, Any]]:
+    """What the Twilio mock was asked to do at ``suffix`` for number ``to`` (other tests share the mock)."""
     response = httpx.get(f"{stack.twilio_base_url}/__mock/requests", timeout=10)
     response.raise_for_status()
-    return [r for r in response.json() if r["path"].endswith(suffix) and r["method"] == "POST"]
+    return [
+        r
+        for r in response.json()
+        if r["path"].endswith(suffix) and r["method"] == "POST" and r["params"].get("To") == to
+    ]
+
+
+def _unique_local_number() -> str:
+    """Seven digits of a valid North American local number (the exchange cannot start with 0 or 1)."""
+    n = uuid.uuid4().int
+    return f"{2 + n % 8}{(n // 8) % 10**6:06d}"
 
 
 def _pending(dashboard: httpx.Client) -> dict[str, Any]:
@@ -35,17 +47,23 @@ def _pending(dashboard: httpx.Client) -> dict[str, Any]:
     return dict(response.json())
 
 
-def test_sms_then_call_through_all_five_services(stack: Any, services: ServiceProcesses, new_tenant: Any) -> None:
+def test_sms_then_call_through_all_five_services(
+    stack: Any, services: ServiceProcesses, new_tenant: Any
+) -> None:
     tenant, admin_token = new_tenant()
     runner = api(services.url("workflow-runner"), admin_token)
 
-    agent = runner.post("/v1/users", json={"name": "Alex Agent", "phone": "+14155550191", "role": "agent"})
+    # numbers unique to this test, because other tests share the Twilio mock's request log
+    agent_phone = f"+1415{_unique_local_number()}"
+    contact_phone = f"+1628{_unique_local_number()}"
+    agent = runner.post("/v1/users", json={"name": "Alex Agent", "phone": agent_phone, "role": "agent"})
     assert agent.status_code == 201, agent.text
     agent_id = agent.json()["id"]
     agent_token = runner.post(f"/v1/users/{agent_id}/tokens").json()["token"]
-    contact = runner.post("/v1/contacts", json={"name": "Ada Lovelace", "phone": "+1 415 555 0101"})
+    spaced = f"{contact_phone[:2]} {contact_phone[2:5]} {contact_phone[5:8]} {contact_phone[8:]}"
+    contact = runner.post("/v1/contacts", json={"name": "Ada Lovelace", "phone": spaced})
     assert contact.status_code == 201, contact.text
-    assert contact.json()["phone"] == "+14155550101"
+    assert contact.json()["phone"] == contact_phone
     contact_id = contact.json()["id"]
 
     workflow = runner.post(
@@ -54,8 +72,12 @@ def test_sms_then_call_through_all_five_services(stack: Any, services: ServicePr
             "name": "New lead follow-up",
             "steps": [
                 {"id": "assign", "type": "assign_user", "user_ids": [agent_id]},
-                {"id": "sms1", "type": "manual_sms", "action_name": "Intro SMS",
-                 "message": "Hi {{contact.first_name}}, this is {{user.name}}."},
+                {
+                    "id": "sms1",
+                    "type": "manual_sms",
+                    "action_name": "Intro SMS",
+                    "message": "Hi {{contact.first_name}}, this is {{user.name}}.",
+                },
                 {"id": "call1", "type": "manual_call", "action_name": "Intro call"},
             ],
         },
@@ -82,8 +104,10 @@ def test_sms_then_call_through_all_five_services(stack: Any, services: ServicePr
     assert sms_action["assignee_user_id"] == agent_id
     assert sms_action["message"] == "Hi Ada, this is Alex Agent."
     assert sms_action["workflow_id"] == workflow_id
-    eventually(lambda: _pending(dashboard).get("total") == 1 and _pending(dashboard).get("sms") == 1,
-               what="dashboard pending: 1 SMS")
+    eventually(
+        lambda: _pending(dashboard).get("total") == 1 and _pending(dashboard).get("sms") == 1,
+        what="dashboard pending: 1 SMS",
+    )
     assert _pending(dashboard)["by_assignee"][agent_id]["sms"] == 1
     waiting = runner.get(f"/v1/enrollments/{enrollment_id}").json()
     assert waiting["status"] == "waiting" and waiting["current_step_id"] == "sms1"
@@ -99,34 +123,43 @@ def test_sms_then_call_through_all_five_services(stack: Any, services: ServicePr
         what="SMS action completed after the signed Twilio callback",
     )
     assert done["outcome"] == "sent"
-    messages = _twilio_requests(stack, "/Messages.json")
+    messages = _twilio_requests(stack, "/Messages.json", to=contact_phone)
     assert len(messages) == 1
-    assert messages[0]["form"]["To"] == "+14155550101"
-    assert messages[0]["form"]["Body"] == "Hi Ada, this is Alex Agent."
+    assert messages[0]["params"]["Body"] == "Hi Ada, this is Alex Agent."
 
     # 3. the workflow moves on to the call step
     call_action = eventually(
-        lambda: next(iter(queue.get("/v1/actions", params={"status": "queued", "type": "call"}).json()["items"]), None),
+        lambda: next(
+            iter(queue.get("/v1/actions", params={"status": "queued", "type": "call"}).json()["items"]), None
+        ),
         what="the call action queued after the SMS completed",
     )
     assert runner.get(f"/v1/enrollments/{enrollment_id}").json()["current_step_id"] == "call1"
-    eventually(lambda: _pending(dashboard) | {"by_assignee": None} == {"total": 1, "calls": 1, "sms": 0, "by_assignee": None},
-               what="dashboard pending: 1 call, 0 SMS")
+    eventually(
+        lambda: (
+            _pending(dashboard) | {"by_assignee": None}
+            == {"total": 1, "calls": 1, "sms": 0, "by_assignee": None}
+        ),
+        what="dashboard pending: 1 call, 0 SMS",
+    )
 
     # 4. the call goes through the dialer; the agent records the outcome
     assert queue.post("/v1/queue/next").json()["id"] == call_action["id"]
-    placed = queue.post(f"/v1/actions/{call_action['id']}/call", json={"agent_phone": "+14155550191"})
+    placed = queue.post(f"/v1/actions/{call_action['id']}/call", json={"agent_phone": agent_phone})
     assert placed.status_code == 202, placed.text
     ended = eventually(
-        lambda: (a := queue.get(f"/v1/actions/{call_action['id']}").json())["status"] == "awaiting_outcome" and a,
+        lambda: (
+            (a := queue.get(f"/v1/actions/{call_action['id']}").json())["status"] == "awaiting_outcome" and a
+        ),
         what="call ended and awaiting the agent's outcome",
     )
     assert ended["call_status"] == "completed"
-    calls = _twilio_requests(stack, "/Calls.json")
-    assert len(calls) == 1 and calls[0]["form"]["To"] == "+14155550191"
+    assert len(_twilio_requests(stack, "/Calls.json", to=agent_phone)) == 1
     missing = queue.post(f"/v1/actions/{call_action['id']}/complete", json={})
     assert missing.status_code == 422 and "outcome" in missing.text
-    completed = queue.post(f"/v1/actions/{call_action['id']}/complete", json={"outcome": "connected", "notes": "Booked a demo"})
+    completed = queue.post(
+        f"/v1/actions/{call_action['id']}/complete", json={"outcome": "connected", "notes": "Booked a demo"}
+    )
     assert completed.status_code == 200, completed.text
 
     final = eventually(
@@ -143,7 +176,12 @@ def test_sms_then_call_through_all_five_services(stack: Any, services: ServicePr
     produced = asyncio.run(_read_all(stack.kafka_bootstrap))
     mine = [(topic, doc) for topic, doc in produced if doc.get("tenant") == tenant]
     assert {doc["type"] for _, doc in mine} >= {
-        "ActionQueued", "ActionCompleted", "SendSms", "SmsSent", "PlaceCall", "CallCompleted",
+        "ActionQueued",
+        "ActionCompleted",
+        "SendSms",
+        "SmsSent",
+        "PlaceCall",
+        "CallCompleted",
     }
     for topic, doc in mine:
         assert registry.validate_envelope(doc) == [], (topic, doc)
@@ -162,10 +200,21 @@ def test_sms_then_call_through_all_five_services(stack: Any, services: ServicePr
 async def _read_all(bootstrap: str) -> list[tuple[str, dict[str, Any]]]:
     import json
 
-    names = [topics.ACTION_LIFECYCLE, topics.SMS_COMMANDS, topics.CALL_COMMANDS, topics.SMS_RESULTS,
-             topics.CALL_RESULTS, topics.DEAD_LETTERS]
-    consumer = AIOKafkaConsumer(*names, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    names = [
+        topics.ACTION_LIFECYCLE,
+        topics.SMS_COMMANDS,
+        topics.CALL_COMMANDS,
+        topics.SMS_RESULTS,
+        topics.CALL_RESULTS,
+        topics.DEAD_LETTERS,
+    ]
+    consumer = AIOKafkaConsumer(
+        *names,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     try:
         out: list[tuple[str, dict[str, Any]]] = []

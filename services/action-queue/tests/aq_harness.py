@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from action_queue.entrypoints.main import Service, Settings
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
+
+from action_queue.entrypoints.main import Service, Settings
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import Envelope, topics
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from action_queue.entrypoints.main import Settings, build_service
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aq_harness import DATABASE, GROUP, RECORDED_TOPICS, Harness, Recorder
+
+from action_queue.entrypoints.main import Settings, build_service
 from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine
 

@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from aq_factories import T0, action_queued
+
 from action_queue.domain import (
     DEFAULT_LEASE,
     ActionStatus,
@@ -19,7 +21,6 @@ from action_queue.domain import (
     StaleResult,
     require_user,
 )
-from aq_factories import T0, action_queued
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionType, PlaceCall, SendSms
 
 AGENT = uuid.uuid4()

@@ -6,11 +6,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aq_factories import T0, action_queued, wrap
+from aq_fakes import FakeUnitOfWork
+
 from action_queue.domain import ActionNotFound, ActionStatus, Actor, InvalidTransition, NotAllowed
 from action_queue.handlers import materialise, queue
 from action_queue.handlers.ports import ActionFilter
-from aq_factories import T0, action_queued, wrap
-from aq_fakes import FakeUnitOfWork
 from manual_actions.contracts import (
     ActionCompleted,
     ActionType,

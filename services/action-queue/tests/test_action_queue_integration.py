@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aq_factories import action_queued, wrap
+from aq_harness import Harness, eventually
+
 from action_queue.adapters.sql import SqlUnitOfWork
 from action_queue.domain import Actor
 from action_queue.handlers import queue
-from aq_factories import action_queued, wrap
-from aq_harness import Harness, eventually
 from manual_actions.auth import Role
 from manual_actions.contracts import (
     ActionType,

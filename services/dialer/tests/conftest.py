@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from dialer.entrypoints.main import SPEC
 from dialer.settings import DialerSettings
 from manual_actions.contracts import topics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dialer.domain.calls import CallResult, duration_seconds, should_report
 
 

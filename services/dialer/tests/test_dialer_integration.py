@@ -9,11 +9,12 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from twilio.request_validator import RequestValidator
+from twilio_harness import Harness, eventually
+
 from dialer.adapters.tables import call_status_callbacks, outgoing_calls
 from manual_actions.contracts import CallCompleted, Envelope, PlaceCall, registry, topics
 from manual_actions.twilio_support import SIGNATURE_HEADER
-from twilio.request_validator import RequestValidator
-from twilio_harness import Harness, eventually
 
 pytestmark = pytest.mark.integration
 

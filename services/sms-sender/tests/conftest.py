@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from twilio_harness import Harness, running, settings_for
+
 from manual_actions.contracts import topics
 from sms_sender.entrypoints.main import SPEC
 from sms_sender.settings import SmsSenderSettings
-from twilio_harness import Harness, running, settings_for
 
 
 @pytest.fixture(scope="module")

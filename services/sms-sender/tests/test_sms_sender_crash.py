@@ -13,11 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from twilio_harness import eventually, free_port, position_group_at_end
+
 from devstack.processes import SERVICES, ServiceProcesses
 from manual_actions import faults
 from manual_actions.contracts import Envelope, SendSms, SmsFailed, decode, topics
 from manual_actions.twilio_support import CRASH_AFTER_TWILIO_ANSWER
-from twilio_harness import eventually, free_port, position_group_at_end
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from manual_actions.twilio_support import DispatchFailure, FailureKind
 from sms_sender.domain.sms import (
     SmsResult,

@@ -9,12 +9,13 @@ import uuid
 from typing import Any
 
 import pytest
-from manual_actions.contracts import Envelope, SendSms, SmsFailed, SmsSent, registry, topics
-from manual_actions.twilio_support import SIGNATURE_HEADER
-from sms_sender.adapters.tables import outgoing_sms, sms_status_callbacks
 from sqlalchemy import func, insert
 from twilio.request_validator import RequestValidator
 from twilio_harness import Harness, eventually
+
+from manual_actions.contracts import Envelope, SendSms, SmsFailed, SmsSent, registry, topics
+from manual_actions.twilio_support import SIGNATURE_HEADER
+from sms_sender.adapters.tables import outgoing_sms, sms_status_callbacks
 
 pytestmark = pytest.mark.integration
 

@@ -24,6 +24,8 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from sqlalchemy import Table, select
+
 from manual_actions.contracts import Envelope, decode
 from manual_actions.kafka import ensure_topics
 from manual_actions.twilio_support import (
@@ -32,7 +34,6 @@ from manual_actions.twilio_support import (
     TwilioSettings,
     build_twilio_service,
 )
-from sqlalchemy import Table, select
 
 FROM_NUMBER = "+15005550006"  # Twilio's magic "valid sender" test number
 S = TypeVar("S", bound=TwilioSettings)

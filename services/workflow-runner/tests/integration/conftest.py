@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from wr_harness import DATABASE, GROUP, Harness, Recorder
+
 from manual_actions.auth import IdentityStore
 from manual_actions.contracts import topics
 from manual_actions.db import create_engine
 from workflow_runner.entrypoints.main import Settings, build_service
-from wr_harness import DATABASE, GROUP, Harness, Recorder
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,15 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+from wr_harness import Harness, action_completed, action_deleted, eventually
+
 from manual_actions.auth import Role
 from manual_actions.contracts import ActionQueued, decode
-from sqlalchemy import func, select
 from workflow_runner.adapters import tables
 from workflow_runner.adapters.sql import SqlUnitOfWork
 from workflow_runner.handlers import handlers
 from workflow_runner.handlers.commands import CreateContact, Enroll
-from wr_harness import Harness, action_completed, action_deleted, eventually
 
 pytestmark = pytest.mark.integration
 

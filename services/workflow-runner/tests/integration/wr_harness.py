@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
+
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionType, Envelope, topics
 from workflow_runner.entrypoints.main import Service, Settings

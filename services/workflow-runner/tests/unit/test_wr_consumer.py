@@ -5,9 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from prometheus_client import REGISTRY
+from wr_factories import TENANT, assign, call, sms
+from wr_fakes import FakeUnitOfWork
+
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionType, Envelope, topics
 from manual_actions.kafka import Delivered
-from prometheus_client import REGISTRY
 from workflow_runner.domain.enrollments import EnrollmentStatus
 from workflow_runner.domain.people import UserRole
 from workflow_runner.domain.runner import FinishKind
@@ -20,8 +23,6 @@ from workflow_runner.handlers.commands import (
     Enroll,
     PublishWorkflow,
 )
-from wr_factories import TENANT, assign, call, sms
-from wr_fakes import FakeUnitOfWork
 
 NOW = datetime(2025, 1, 6, tzinfo=UTC)
 

@@ -6,6 +6,9 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from wr_factories import T0, TENANT, assign, call, sms
+from wr_fakes import FakeUnitOfWork
+
 from manual_actions.contracts import ActionQueued, ActionType, decode, encode
 from manual_actions.contracts.topics import ACTION_LIFECYCLE
 from workflow_runner.domain.enrollments import ActionStatus, EnrollmentStatus
@@ -28,8 +31,6 @@ from workflow_runner.handlers.commands import (
     PublishWorkflow,
     SaveDraft,
 )
-from wr_factories import T0, TENANT, assign, call, sms
-from wr_fakes import FakeUnitOfWork
 
 
 async def setup(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from wr_factories import T0, contact
+
 from workflow_runner.domain.errors import InvalidField
 from workflow_runner.domain.people import Contact, User, UserRole
 from workflow_runner.domain.phone import normalise_phone
-from wr_factories import T0, contact
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from wr_factories import T0, TENANT, assign, call, contact, published_workflow, sms, user
+
 from workflow_runner.domain import runner
 from workflow_runner.domain.enrollments import (
     ActionStatus,
@@ -20,7 +22,6 @@ from workflow_runner.domain.enrollments import (
 from workflow_runner.domain.people import Contact, User
 from workflow_runner.domain.runner import FinishKind, RunContext, pick_round_robin
 from workflow_runner.domain.workflows import Workflow
-from wr_factories import T0, TENANT, assign, call, contact, published_workflow, sms, user
 
 
 def make_ctx(

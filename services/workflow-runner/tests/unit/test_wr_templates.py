@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from workflow_runner.domain.templates import TemplateError, merge_values, parse_template, render
 from wr_factories import contact, user
+
+from workflow_runner.domain.templates import TemplateError, merge_values, parse_template, render
 
 
 def values(**contact_extra: object) -> dict[str, str]:

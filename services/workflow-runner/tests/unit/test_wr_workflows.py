@@ -6,10 +6,11 @@ import dataclasses
 import uuid
 
 import pytest
+from wr_factories import T0, TENANT, assign, call, sms, user
+
 from workflow_runner.domain.errors import WorkflowInvalid
 from workflow_runner.domain.steps import AssignUser, ManualCall, ManualSms
 from workflow_runner.domain.workflows import VersionStatus, Workflow
-from wr_factories import T0, TENANT, assign, call, sms, user
 
 
 def test_publish_reports_every_problem_at_once() -> None:

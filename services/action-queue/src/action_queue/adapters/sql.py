@@ -8,8 +8,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from manual_actions import outbox as outbox_plumbing
-from manual_actions.contracts import ActionType, Envelope
 from sqlalchemy import Select, and_, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
@@ -18,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from action_queue.adapters.tables import manual_actions as t
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
 from action_queue.handlers.ports import ActionFilter, Cursor
+from manual_actions import outbox as outbox_plumbing
+from manual_actions.contracts import ActionType, Envelope
 
 # Columns a transition may change; everything else is the ActionQueued snapshot.
 _MUTABLE = (

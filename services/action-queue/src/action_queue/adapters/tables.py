@@ -3,7 +3,6 @@ module is what the code and Alembic's autogenerate compare against."""
 
 from __future__ import annotations
 
-from manual_actions.outbox import inbox_table, outbox_table
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -19,6 +18,8 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from manual_actions.outbox import inbox_table, outbox_table
 
 metadata = MetaData()
 

@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from action_queue.domain.errors import (
+    InvalidField,
+    InvalidTransition,
+    NotAllowed,
+    ReservedByAnother,
+    StaleResult,
+)
 from manual_actions.contracts import (
     ActionCompleted,
     ActionDeleted,
@@ -28,14 +35,6 @@ from manual_actions.contracts import (
     SendSms,
 )
 from manual_actions.contracts.messages import E164
-
-from action_queue.domain.errors import (
-    InvalidField,
-    InvalidTransition,
-    NotAllowed,
-    ReservedByAnother,
-    StaleResult,
-)
 
 DEFAULT_LEASE = timedelta(minutes=5)
 SMS_MAX_LENGTH = 1600

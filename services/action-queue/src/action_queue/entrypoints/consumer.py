@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from manual_actions.contracts import topics
-from manual_actions.kafka import BatchHandler, Delivered, PermanentError
-
 from action_queue.handlers import materialise
 from action_queue.handlers.ports import UnitOfWorkFactory
+from manual_actions.contracts import topics
+from manual_actions.kafka import BatchHandler, Delivered, PermanentError
 
 GROUP_ID = "action-queue"
 TOPICS = (topics.ACTION_LIFECYCLE, topics.SMS_RESULTS, topics.CALL_RESULTS)

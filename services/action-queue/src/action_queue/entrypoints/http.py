@@ -17,9 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
-from manual_actions.auth import IdentityStore, Principal, Role, require_roles
-from manual_actions.contracts import ActionType
-from manual_actions.http import create_app, problem
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,6 +41,9 @@ from action_queue.entrypoints.schemas import (
 )
 from action_queue.handlers import queue
 from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWorkFactory
+from manual_actions.auth import IdentityStore, Principal, Role, require_roles
+from manual_actions.contracts import ActionType
+from manual_actions.http import create_app, problem
 
 Clock = Callable[[], datetime]
 

@@ -10,6 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import Field
+
+from action_queue.adapters import migrations
+from action_queue.adapters.sql import SqlUnitOfWorkFactory
+from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
+from action_queue.entrypoints.http import build_app
 from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine, ensure_database, run_migrations
 from manual_actions.kafka import BatchConsumer, create_producer, ensure_topics
@@ -17,12 +23,6 @@ from manual_actions.logging import configure_logging
 from manual_actions.outbox import OutboxRelay
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
-from pydantic import Field
-
-from action_queue.adapters import migrations
-from action_queue.adapters.sql import SqlUnitOfWorkFactory
-from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
-from action_queue.entrypoints.http import build_app
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 

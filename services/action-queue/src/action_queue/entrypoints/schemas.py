@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from manual_actions.contracts import ActionType
-from manual_actions.contracts.messages import E164
 from pydantic import BaseModel, ConfigDict, Field
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.model import OUTCOME_PATTERN, SMS_MAX_LENGTH
+from manual_actions.contracts import ActionType
+from manual_actions.contracts.messages import E164
 
 
 class ContactView(BaseModel):

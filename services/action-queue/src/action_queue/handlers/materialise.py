@@ -12,6 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from action_queue import metrics
+from action_queue.domain import DomainError, ManualAction, StaleResult
+from action_queue.handlers.ports import UnitOfWork
+from action_queue.handlers.publishing import SOURCE, publish
 from manual_actions.contracts import (
     ActionCompleted,
     ActionDeleted,
@@ -21,11 +25,6 @@ from manual_actions.contracts import (
     SmsFailed,
     SmsSent,
 )
-
-from action_queue import metrics
-from action_queue.domain import DomainError, ManualAction, StaleResult
-from action_queue.handlers.ports import UnitOfWork
-from action_queue.handlers.publishing import SOURCE, publish
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from manual_actions.contracts import ActionType, Envelope
-
 from action_queue.domain import ActionStatus, ManualAction
+from manual_actions.contracts import ActionType, Envelope
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from action_queue import metrics
+from action_queue.domain import ManualAction
+from action_queue.handlers.ports import UnitOfWork
 from manual_actions.contracts import (
     ActionCompleted,
     ActionDeleted,
@@ -13,10 +16,6 @@ from manual_actions.contracts import (
     SendSms,
 )
 from manual_actions.contracts.topics import ACTION_LIFECYCLE, CALL_COMMANDS, SMS_COMMANDS
-
-from action_queue import metrics
-from action_queue.domain import ManualAction
-from action_queue.handlers.ports import UnitOfWork
 
 SOURCE = "action-queue"
 

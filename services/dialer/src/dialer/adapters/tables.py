@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from manual_actions.outbox import inbox_table, outbox_table
-from manual_actions.twilio_support import callback_schema, outgoing_schema
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, Uuid
 from sqlalchemy.schema import SchemaItem
+
+from manual_actions.outbox import inbox_table, outbox_table
+from manual_actions.twilio_support import callback_schema, outgoing_schema
 
 metadata = MetaData()
 

@@ -10,6 +10,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dialer.handlers.calls import bridge_twiml, handle_call_status
+from dialer.handlers.placing import CONNECT_PATH, STATUS_CALLBACK_PATH
 from manual_actions.twilio_support import (
     TwilioParams,
     TwilioSettings,
@@ -17,10 +21,6 @@ from manual_actions.twilio_support import (
     twilio_request_verifier,
     unknown_command,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from dialer.handlers.calls import bridge_twiml, handle_call_status
-from dialer.handlers.placing import CONNECT_PATH, STATUS_CALLBACK_PATH
 
 CommandId = Annotated[uuid.UUID, Query(description="The PlaceCall command this call was placed for.")]
 

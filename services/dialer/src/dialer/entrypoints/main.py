@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from manual_actions.contracts import topics
-from manual_actions.twilio_support import TwilioServiceSpec, twilio_main
-
 from dialer.adapters import migrations
 from dialer.adapters.tables import outgoing_calls
 from dialer.entrypoints.http import create_router
 from dialer.handlers.placing import CallTarget, place_call_intake
 from dialer.settings import DialerSettings
+from manual_actions.contracts import topics
+from manual_actions.twilio_support import TwilioServiceSpec, twilio_main
 
 SPEC = TwilioServiceSpec(
     migrations_dir=Path(migrations.__file__).parent,

@@ -7,8 +7,6 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from manual_actions.contracts import CallCompleted, topics
-from manual_actions.twilio_support import record_callback, stage_result
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.twiml.voice_response import VoiceResponse
@@ -17,6 +15,8 @@ from dialer import metrics
 from dialer.adapters.tables import call_status_callbacks, outgoing_calls
 from dialer.domain.calls import CallResult, duration_seconds, should_report
 from dialer.handlers.placing import SOURCE
+from manual_actions.contracts import CallCompleted, topics
+from manual_actions.twilio_support import record_callback, stage_result
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from twilio.rest import Client
+
+from dialer import metrics
+from dialer.adapters.tables import outgoing_calls
+from dialer.domain.calls import NOT_PLACED_STATUS, CallResult
 from manual_actions.contracts import CallCompleted, PlaceCall, topics
 from manual_actions.kafka import BatchHandler
 from manual_actions.twilio_support import (
@@ -19,13 +26,6 @@ from manual_actions.twilio_support import (
     command_intake,
     stage_result,
 )
-from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from twilio.rest import Client
-
-from dialer import metrics
-from dialer.adapters.tables import outgoing_calls
-from dialer.domain.calls import NOT_PLACED_STATUS, CallResult
 
 SOURCE = "dialer"
 CONNECT_PATH = "/twilio/voice/connect"

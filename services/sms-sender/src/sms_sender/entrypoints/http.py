@@ -10,6 +10,8 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from manual_actions.twilio_support import (
     TwilioParams,
     TwilioSettings,
@@ -17,8 +19,6 @@ from manual_actions.twilio_support import (
     twilio_request_verifier,
     unknown_command,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from sms_sender.handlers.callbacks import handle_status_callback
 from sms_sender.handlers.sending import STATUS_CALLBACK_PATH
 

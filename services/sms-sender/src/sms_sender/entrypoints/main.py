@@ -7,7 +7,6 @@ from pathlib import Path
 
 from manual_actions.contracts import topics
 from manual_actions.twilio_support import TwilioServiceSpec, twilio_main
-
 from sms_sender.adapters import migrations
 from sms_sender.adapters.tables import outgoing_sms
 from sms_sender.entrypoints.http import create_router

@@ -6,11 +6,11 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from manual_actions.contracts import SmsFailed, SmsSent, topics
-from manual_actions.twilio_support import record_callback, stage_result
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from manual_actions.contracts import SmsFailed, SmsSent, topics
+from manual_actions.twilio_support import record_callback, stage_result
 from sms_sender import metrics
 from sms_sender.adapters.tables import outgoing_sms, sms_status_callbacks
 from sms_sender.domain.sms import SmsResult, delivery_failure_reason, result_for_status

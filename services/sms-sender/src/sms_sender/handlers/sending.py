@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from twilio.rest import Client
+
 from manual_actions.contracts import SendSms, SmsFailed, topics
 from manual_actions.kafka import BatchHandler
 from manual_actions.twilio_support import (
@@ -14,10 +18,6 @@ from manual_actions.twilio_support import (
     command_intake,
     stage_result,
 )
-from sqlalchemy import func, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from twilio.rest import Client
-
 from sms_sender import metrics
 from sms_sender.adapters.tables import outgoing_sms
 from sms_sender.domain.sms import failure_reason, result_for_failure

@@ -10,13 +10,13 @@ from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from manual_actions import outbox as outbox_plumbing
-from manual_actions.contracts import Envelope
 from sqlalchemy import Select, and_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from manual_actions import outbox as outbox_plumbing
+from manual_actions.contracts import Envelope
 from workflow_runner.adapters import tables as t
 from workflow_runner.domain.enrollments import (
     ActionStatus,

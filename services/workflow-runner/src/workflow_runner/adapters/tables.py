@@ -7,7 +7,6 @@ repository query filters by it: one tenant's rows are unreachable with another t
 
 from __future__ import annotations
 
-from manual_actions.outbox import inbox_table, outbox_table
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -25,6 +24,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from manual_actions.outbox import inbox_table, outbox_table
 
 TENANT = String(64)
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from manual_actions.contracts import ActionCompleted, ActionDeleted, topics
 from manual_actions.kafka import BatchHandler, Delivered
-
 from workflow_runner.domain.runner import FinishKind
 from workflow_runner.handlers import handlers
 from workflow_runner.handlers.commands import ActionFinished

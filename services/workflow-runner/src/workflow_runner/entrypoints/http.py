@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
-from manual_actions.auth import IdentityStore, Principal, Role, require_roles
-from manual_actions.http import create_app, problem_response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from manual_actions.auth import IdentityStore, Principal, Role, require_roles
+from manual_actions.http import create_app, problem_response
 from workflow_runner.domain.errors import (
     AlreadyEnrolled,
     DomainError,

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine, ensure_database, run_migrations
 from manual_actions.kafka import BatchConsumer, create_producer, ensure_topics
@@ -16,9 +19,6 @@ from manual_actions.logging import configure_logging
 from manual_actions.outbox import OutboxRelay
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
-from pydantic import Field
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from workflow_runner.adapters import migrations
 from workflow_runner.adapters.sql import SqlUnitOfWorkFactory
 from workflow_runner.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from manual_actions.contracts import ActionQueued, ContactSnapshot, Envelope
 from manual_actions.contracts import ActionType as ContractActionType
 from manual_actions.contracts.topics import ACTION_LIFECYCLE
-
 from workflow_runner import metrics
 from workflow_runner.domain import runner
 from workflow_runner.domain.enrollments import Enrollment, ManualAction

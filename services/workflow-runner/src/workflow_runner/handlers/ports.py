@@ -13,7 +13,6 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from manual_actions.contracts import Envelope
-
 from workflow_runner.domain.enrollments import Enrollment, ManualAction
 from workflow_runner.domain.people import Contact, User
 from workflow_runner.domain.workflows import Workflow

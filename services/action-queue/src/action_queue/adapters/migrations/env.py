@@ -1,5 +1,4 @@
-from manual_actions.db import run_alembic_env
-
 from action_queue.adapters.tables import metadata
+from manual_actions.db import run_alembic_env
 
 run_alembic_env(metadata)

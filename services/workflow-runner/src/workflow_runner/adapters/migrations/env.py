@@ -1,5 +1,4 @@
 from manual_actions.db import run_alembic_env
-
 from workflow_runner.adapters.tables import metadata
 
 run_alembic_env(metadata)

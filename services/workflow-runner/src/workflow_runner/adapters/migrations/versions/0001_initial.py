@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from manual_actions.outbox import create_outbox_tables, drop_outbox_tables
 from sqlalchemy.dialects import postgresql
+
+from manual_actions.outbox import create_outbox_tables, drop_outbox_tables
 
 revision: str = "0001"
 down_revision: str | None = None
