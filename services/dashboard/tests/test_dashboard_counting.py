@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+
 from dashboard.domain.pending import (
     MAX_REMEMBERED_DELTAS,
     ActionState,

@@ -8,6 +8,8 @@ app id (consumer group, changelog and delta topics) and its own tenants.
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,9 +21,12 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
 from dashboard.entrypoints.api import build_app
-from dashboard.entrypoints.streams import DashboardStreams, running
+from dashboard.entrypoints.streams import CRASH_AFTER_STATE_STORED, DashboardStreams, running
 from dashboard.settings import DashboardSettings
+from devstack.processes import ServiceProcesses
+from manual_actions import faults
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import (
     ActionCompleted,
@@ -127,16 +132,19 @@ class Harness:
         finally:
             await producer.stop()
 
-    async def quiescent(self) -> bool:
-        """Everything we produced, and every delta, was processed and committed by the app."""
+    async def quiescent(self, *, whole_topic: bool = False) -> bool:
+        """Everything we produced (or, with ``whole_topic``, everything on action-lifecycle), and
+        every delta, was processed and committed by the app."""
+        partitions = range(self.settings.pending_partitions)
+        lifecycle_tps = [TopicPartition(topics.ACTION_LIFECYCLE, p) for p in partitions]
+        delta_tps = [TopicPartition(self.delta_topic, p) for p in partitions]
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers)
         await admin.start()
         await consumer.start()
         try:
             committed = await admin.list_consumer_group_offsets(self.group)
-            delta_tps = [TopicPartition(self.delta_topic, p) for p in range(self.settings.pending_partitions)]
-            ends = await consumer.end_offsets(delta_tps)
+            ends = await consumer.end_offsets(delta_tps + lifecycle_tps if whole_topic else delta_tps)
         finally:
             await consumer.stop()
             await admin.close()
@@ -335,3 +343,65 @@ async def test_http_errors_are_problem_json_and_widget_is_served(harness: Harnes
         script = await client.get("/widget.js")
         assert script.status_code == 200 and "v1/pending" in script.text
         assert (await client.get("/health")).status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_sigkill_between_state_and_delta_counts_once(
+    harness: Harness, stack: Any, tmp_path: Path
+) -> None:
+    """The dashboard process is killed after stage 1 stored an action's new state but before its
+    delta left: after the restart the event is redelivered, finds the state already advanced, and
+    must re-send the stored delta (recomputing would find nothing to count)."""
+    processes = ServiceProcesses(
+        stack, tmp_path / "processes", ports={"dashboard": _free_port()},
+        extra_env={
+            "FAUST_APP_ID": harness.group,
+            "FAUST_DATADIR": str(tmp_path / "faust"),
+            "FAUST_COMMIT_INTERVAL_SECONDS": "0.3",
+            # The killed process's group membership must expire before the restart gets its
+            # partitions: keep that wait at the broker's minimum.
+            "FAUST_SESSION_TIMEOUT_SECONDS": "6",
+            "IDENTITY_DATABASE_URL": harness.settings.identity_database_url,
+        },
+    )
+    tenant = await new_tenant(harness.identity)
+    token = await harness.identity.issue_token(tenant, Role.MANAGER, label="dashboard test")
+    try:
+        # A first run catches up with whatever the topic already holds, so that the crash point
+        # below is reached by our event, not by an older one.
+        await asyncio.to_thread(processes.start, ["dashboard"])
+
+        async def caught_up() -> bool:
+            return await harness.quiescent(whole_topic=True)
+
+        await eventually(caught_up, what="the first run to process the whole lifecycle topic")
+        await asyncio.to_thread(processes.stop)
+
+        crash = {faults.CRASH_AT_ENV: CRASH_AFTER_STATE_STORED}
+        await asyncio.to_thread(processes.start, ["dashboard"], env=crash)
+        await harness.produce(queued(tenant, ActionType.CALL, uuid.uuid4()))
+        code = await asyncio.to_thread(processes.wait_exit, "dashboard")
+        assert code == -signal.SIGKILL, f"the crash point was not reached (exit code {code})"
+
+        await asyncio.to_thread(processes.start, ["dashboard"])
+        async with httpx.AsyncClient(base_url=processes.url("dashboard"), timeout=10) as client:
+
+            async def counted() -> Any:
+                body = await get_pending(client, token)
+                return body if body["total"] else None
+
+            await eventually(counted, what="the action counted after the restart")
+            await eventually(harness.quiescent, what="the redelivered event processed and committed")
+            body = await get_pending(client, token)
+            assert (body["total"], body["calls"], body["sms"]) == (1, 1, 0)
+            metrics = (await client.get("/metrics")).text
+            assert 'dashboard_lifecycle_events_total{outcome="redelivered"}' in metrics, (
+                "the restarted process did not see the event again: the crash did not hit the window"
+            )
+    finally:
+        await asyncio.to_thread(processes.stop)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from manual_actions.settings import ServiceSettings
 from pydantic import Field
+
+from manual_actions.settings import ServiceSettings
 
 
 class DashboardSettings(ServiceSettings):
@@ -31,6 +32,12 @@ class DashboardSettings(ServiceSettings):
     )
     faust_commit_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often faust commits the offsets of processed messages."
+    )
+    faust_session_timeout_seconds: float = Field(
+        default=30.0,
+        ge=6.0,
+        description="Consumer group session timeout: how long a crashed dashboard keeps its "
+        "partitions before the group gives them to a new process (the broker's minimum is 6 s).",
     )
     pending_partitions: int = Field(
         default=6,

@@ -12,12 +12,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
-from manual_actions.auth import IdentityStore, Principal, Role, require_roles
-from manual_actions.http import ReadinessCheck, create_app, problem
 from pydantic import BaseModel, Field
 
 from dashboard.domain.pending import Counts, TenantPending
 from dashboard.entrypoints.streams import DashboardStreams, TenantNotLocal
+from manual_actions.auth import IdentityStore, Principal, Role, require_roles
+from manual_actions.http import ReadinessCheck, create_app, problem
 
 router = APIRouter()
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+from dashboard.entrypoints.api import build_app
+from dashboard.entrypoints.streams import DashboardStreams
+from dashboard.settings import DashboardSettings
 from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine
 from manual_actions.kafka import ensure_topics
 from manual_actions.logging import configure_logging
 from manual_actions.service import serve
-
-from dashboard.entrypoints.api import build_app
-from dashboard.entrypoints.streams import DashboardStreams
-from dashboard.settings import DashboardSettings
 
 
 async def run(settings: DashboardSettings) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NoReturn, cast
 
@@ -36,9 +37,6 @@ from aiokafka.partitioner import murmur2
 from faust.contrib.asgi import faust_app_running
 from faust.tables.manager import TableManager
 from faust.types import TP, EventT, Message
-from manual_actions.contracts import InvalidMessage, decode, topics
-from manual_actions.contracts.dead_letters import dead_letter_headers
-from manual_actions.kafka import TopicSpec, ensure_topics
 
 from dashboard.domain.pending import (
     ActionState,
@@ -53,8 +51,17 @@ from dashboard.domain.pending import (
 )
 from dashboard.metrics import DEAD_LETTERS, LIFECYCLE_EVENTS, NEGATIVE_COUNTS, PENDING_ACTIONS, PENDING_DELTAS
 from dashboard.settings import DashboardSettings
+from manual_actions import faults
+from manual_actions.contracts import InvalidMessage, decode, topics
+from manual_actions.contracts.dead_letters import dead_letter_headers
+from manual_actions.kafka import TopicSpec, ensure_topics
 
 logger = logging.getLogger("dashboard.streams")
+
+CRASH_AFTER_STATE_STORED = "dashboard.after-state-stored"
+"""Crash point (``manual_actions.faults``): stage 1 stored an action's new state (flushed to its
+changelog) but has not sent the delta, and the lifecycle offset is not committed: after the
+restart only the delta stored in the state can bring the count right."""
 
 # Deltas are consumed within seconds; a week leaves room for a long outage of the dashboard.
 DELTA_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -109,6 +116,7 @@ class DashboardStreams:
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=settings.faust_commit_interval_seconds,
+            broker_session_timeout=settings.faust_session_timeout_seconds,
             stream_wait_empty=True,
             table_standby_replicas=0,
             autodiscover=False,
@@ -256,6 +264,8 @@ class DashboardStreams:
         try:
             if result.state is not None:
                 self.actions[fact.action_id] = result.state.to_record()
+                if result.delta:
+                    await self._crash_point(CRASH_AFTER_STATE_STORED)
             if result.delta:
                 delta = DeltaMessage(fact.tenant, position, result.delta)
                 await self.delta_topic.send(
@@ -334,6 +344,13 @@ class DashboardStreams:
             LIFECYCLE_EVENTS.labels(outcome="dead_lettered").inc()
         else:
             PENDING_DELTAS.labels(outcome="dead_lettered").inc()
+
+    async def _crash_point(self, name: str) -> None:
+        if os.environ.get(faults.CRASH_AT_ENV) == name:
+            # Make what was written so far durable, so that the kill lands exactly in the window
+            # a real crash can hit: some effects stored, the offset not committed.
+            await self.app.producer.flush()
+            faults.crash_point(name)
 
     async def _crash(self, exc: BaseException, what: str) -> NoReturn:
         """Crash the app without acknowledging the current message, then wait to be cancelled.
