@@ -3,6 +3,9 @@
 The counts come from the faust ``pending`` table held in this process (see ``streams``); the
 tenant is always the token's. Every role may read its tenant's totals; admins and managers also
 see every assignee's counts, an agent only their own.
+
+Response shape (the walking skeleton's contract): ``{total, calls, sms, by_assignee: {user_id:
+{total, calls, sms}}}``.
 """
 
 from __future__ import annotations
@@ -39,19 +42,14 @@ class CountsOut(BaseModel):
 
 
 class PendingOut(BaseModel):
-    """The tenant's pending manual actions."""
+    """The tenant's pending manual actions (unassigned ones count in the totals only)."""
 
-    tenant: str
     total: int = Field(description="All pending actions of the tenant.")
-    calls: int
-    sms: int
+    calls: int = Field(description="Pending manual calls.")
+    sms: int = Field(description="Pending manual SMS.")
     by_assignee: dict[str, CountsOut] = Field(
-        description="Per assignee user id (only assignees with something pending). An agent sees "
-        "only their own entry; admins and managers see all."
-    )
-    unassigned: CountsOut = Field(description="Pending actions nobody could be assigned to.")
-    mine: CountsOut | None = Field(
-        description="The caller's own pending actions; null for a token without a user."
+        description="Per assignee user id. Admins and managers see every assignee with something "
+        "pending; an agent sees exactly one entry, their own (zeros when nothing is pending)."
     )
 
 
@@ -59,20 +57,19 @@ def pending_view(state: TenantPending, principal: Principal) -> PendingOut:
     """What ``principal`` may see of its tenant's counts."""
     if state.tenant != principal.tenant:
         raise ValueError("counts of another tenant")  # defence in depth: never serve them
-    user = str(principal.user_id) if principal.user_id is not None else None
-    mine = state.by_assignee.get(user, Counts()) if user is not None else None
     if principal.role is Role.AGENT:
-        visible = {user: mine} if user is not None and mine is not None and not mine.is_zero else {}
+        if principal.user_id is None:
+            visible = {}
+        else:
+            user = str(principal.user_id)
+            visible = {user: state.by_assignee.get(user, Counts())}
     else:
         visible = dict(state.by_assignee)
     return PendingOut(
-        tenant=state.tenant,
         total=state.all.total,
         calls=state.all.calls,
         sms=state.all.sms,
         by_assignee={user_id: CountsOut.of(counts) for user_id, counts in sorted(visible.items())},
-        unassigned=CountsOut.of(state.unassigned),
-        mine=CountsOut.of(mine) if mine is not None else None,
     )
 
 

@@ -14,14 +14,6 @@
     const total = data.total || 1;
     $("bar-calls").style.width = (100 * data.calls / total) + "%";
     $("bar-sms").style.width = (100 * data.sms / total) + "%";
-    if (data.mine) {
-      $("mine").textContent = String(data.mine.total);
-      $("mine-calls").textContent = String(data.mine.calls);
-      $("mine-sms").textContent = String(data.mine.sms);
-      $("mine-row").hidden = false;
-    } else {
-      $("mine-row").hidden = true;
-    }
     $("updated").textContent = "Updated " + new Date().toLocaleTimeString();
     $("error").textContent = "";
   }
@@ -66,7 +58,6 @@
     sessionStorage.removeItem(KEY);
     if (timer) clearInterval(timer);
     ["total", "calls", "sms"].forEach((id) => { $(id).textContent = "–"; });
-    $("mine-row").hidden = true;
     $("error").textContent = "Token forgotten.";
   });
   start();
