@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from devstack.processes import ServiceProcesses
 from manual_actions import faults
 from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope, topics
-from tests.e2e.conftest import api, eventually
+from tests.e2e.support import api, eventually
 
 pytestmark = pytest.mark.e2e
 

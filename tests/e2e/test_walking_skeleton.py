@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from devstack.processes import ServiceProcesses
 from manual_actions.contracts import registry, topics
-from tests.e2e.conftest import api, eventually
+from tests.e2e.support import api, eventually
 
 pytestmark = pytest.mark.e2e
 
