@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from devstack import ComponentError
 from devstack._util import pid_alive, spawn, terminate
 from devstack.install import patch_twilio_spec
-from devstack.kafka import Kafka, server_properties
+from devstack.kafka import Kafka, cluster_id, server_properties
 from devstack.twilio_proxy import form_to_dict, is_loopback_url
 
 
@@ -105,3 +106,9 @@ def test_a_component_that_cannot_start_is_named_with_its_log(tmp_path: Path) -> 
     assert caught.value.component == "kafka"
     assert caught.value.log_file is not None and caught.value.log_file.name == "format.log"
     assert str(caught.value.log_file) in str(caught.value)
+
+
+def test_cluster_ids_never_look_like_command_line_options() -> None:
+    ids = [cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import time
 import uuid
@@ -157,10 +158,12 @@ class Kafka:
             classpath,
         ]
         meta = data / "meta.properties"
-        cluster_id = previous["cluster_id"] if previous and meta.is_file() else _cluster_id()
-        if not meta.is_file():
+        if meta.is_file():
+            cluster = _meta_cluster_id(meta)
+        else:
+            cluster = cluster_id()
             run_checked(
-                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)],
                 component=COMPONENT,
                 log_file=self.home / "format.log",
                 timeout=120,
@@ -173,7 +176,7 @@ class Kafka:
             pid=pid,
             port=port,
             controller_port=controller_port,
-            cluster_id=cluster_id,
+            cluster_id=cluster,
             home=str(self.home),
             log_file=str(self.log_file),
         )
@@ -228,8 +231,21 @@ async def _describe_cluster(bootstrap: str, wait: float) -> bool:
         await admin.close()
 
 
-def _cluster_id() -> str:
-    """A random cluster id in Kafka's format (base64url of a UUID, 22 characters)."""
-    import base64
+def _meta_cluster_id(meta: Path) -> str:
+    for line in meta.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "cluster.id":
+            return value.strip()
+    return ""
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+def cluster_id() -> str:
+    """A random cluster id in Kafka's format (base64url of a UUID, 22 characters).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with ``-``: the storage tool's
+    command line would read it as an option and fail (1 start in 64).
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
