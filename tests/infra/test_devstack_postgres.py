@@ -6,6 +6,7 @@ import uuid
 
 import asyncpg
 import pytest
+
 from devstack import Stack
 
 pytestmark = pytest.mark.integration

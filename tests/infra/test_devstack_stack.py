@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from devstack import TEST_ACCOUNT_SID, ComponentError, Stack
 from devstack._util import pid_alive
 from devstack.install import find_pg_bin

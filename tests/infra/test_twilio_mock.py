@@ -18,11 +18,12 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
-from devstack import Stack
-from manual_actions.twilio_http import RewritingTwilioHttpClient, rewrite_twilio_url, twilio_http_client
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+
+from devstack import Stack
+from manual_actions.twilio_http import RewritingTwilioHttpClient, rewrite_twilio_url, twilio_http_client
 
 pytestmark = pytest.mark.integration
 
