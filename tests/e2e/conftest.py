@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from devstack.processes import SERVICES, ServiceProcesses
+from tests.e2e.support import run_async
 
 
 def _free_port() -> int:
@@ -57,8 +57,6 @@ def new_tenant(stack: Any, services: ServiceProcesses) -> Callable[[], tuple[str
     def make() -> tuple[str, str]:
         tenant = f"t{uuid.uuid4().hex[:10]}"
         identity_url = services.env_for("action-queue")["IDENTITY_DATABASE_URL"]
-        with asyncio.Runner() as runner:
-            token = runner.run(_issue_token(identity_url, tenant, "admin"))
-        return tenant, token
+        return tenant, run_async(_issue_token(identity_url, tenant, "admin"))
 
     return make

@@ -8,7 +8,6 @@ against the registry.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -19,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from devstack.processes import ServiceProcesses
 from manual_actions.contracts import registry, topics
-from tests.e2e.support import api, eventually
+from tests.e2e.support import api, eventually, run_async
 
 pytestmark = pytest.mark.e2e
 
@@ -173,7 +172,7 @@ def test_sms_then_call_through_all_five_services(
 
     # 5. everything the services produced for this tenant validates against the registry,
     #    with per-action sequence numbers 1..n and nothing dead-lettered
-    produced = asyncio.run(_read_all(stack.kafka_bootstrap))
+    produced = run_async(_read_all(stack.kafka_bootstrap))
     mine = [(topic, doc) for topic, doc in produced if doc.get("tenant") == tenant]
     assert {doc["type"] for _, doc in mine} >= {
         "ActionQueued",
