@@ -20,7 +20,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def services(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcesses]:
     run_dir = Path(tmp_path_factory.mktemp("e2e-services"))
     processes = ServiceProcesses(
@@ -50,7 +50,7 @@ async def _issue_token(identity_url: str, tenant: str, role: str) -> str:
         await engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def new_tenant(stack: Any, services: ServiceProcesses) -> Callable[[], tuple[str, str]]:
     """Make a fresh tenant; returns (tenant id, admin token)."""
 
