@@ -27,6 +27,8 @@ EXPECTED_MESSAGES = {
     topics.SMS_RESULTS: {("SmsSent", 1), ("SmsFailed", 1)},
     topics.CALL_RESULTS: {("CallCompleted", 1)},
     topics.DEAD_LETTERS: set(),
+    topics.CONTACTS: {("ContactUpdated", 1)},
+    topics.USERS: {("UserUpdated", 1)},
 }
 EXPECTED_PRODUCERS = {
     topics.ACTION_LIFECYCLE: {
@@ -37,6 +39,8 @@ EXPECTED_PRODUCERS = {
     topics.CALL_COMMANDS: {"action-queue": {"PlaceCall"}},
     topics.SMS_RESULTS: {"sms-sender": {"SmsSent", "SmsFailed"}},
     topics.CALL_RESULTS: {"dialer": {"CallCompleted"}},
+    topics.CONTACTS: {"workflow-runner": {"ContactUpdated"}},
+    topics.USERS: {"workflow-runner": {"UserUpdated"}},
 }
 EXPECTED_CONSUMERS = {
     topics.ACTION_LIFECYCLE: {"action-queue", "workflow-runner", "dashboard"},
@@ -45,20 +49,24 @@ EXPECTED_CONSUMERS = {
     topics.SMS_RESULTS: {"action-queue"},
     topics.CALL_RESULTS: {"action-queue"},
     topics.DEAD_LETTERS: set(),
+    topics.CONTACTS: set(),
+    topics.USERS: set(),
 }
+# The directory topics: the newest state per entity, compacted, keyed by the entity id.
+DIRECTORY_KEYS = {topics.CONTACTS: "contact_id", topics.USERS: "user_id"}
 SERVICES = {"workflow-runner", "action-queue", "sms-sender", "dialer", "dashboard"}
 
 
 def test_registry_topic_names_equal_the_constants_in_topics_py() -> None:
     assert {t.name for t in registry.topics()} == TOPIC_CONSTANTS
-    assert len(TOPIC_CONSTANTS) == 6
+    assert len(TOPIC_CONSTANTS) == 8
 
 
 def test_topic_files_are_named_after_the_topic() -> None:
     for t in registry.topics():
         assert t.name == f"manual-actions.{t.short_name}"
         assert registry.topic(t.name) is t
-    assert len({hash(t) for t in registry.topics()}) == 6  # usable in sets and as dict keys
+    assert len({hash(t) for t in registry.topics()}) == 8  # usable in sets and as dict keys
 
 
 def test_unknown_topic_is_a_key_error_naming_it() -> None:
@@ -84,6 +92,11 @@ def test_topic_carries_the_expected_messages_and_services(name: str) -> None:
 def test_every_topic_is_keyed_by_action_id_with_six_partitions_and_delete_policy() -> None:
     for t in registry.topics():
         assert t.partitions == 6
+        if t.name in DIRECTORY_KEYS:
+            assert t.cleanup_policy == "compact"
+            assert t.key.payload_field == DIRECTORY_KEYS[t.name]
+            assert t.value_format == registry.ENVELOPE
+            continue
         assert t.cleanup_policy == "delete"
         assert t.retention_ms >= 24 * 3600 * 1000
         assert t.kafka_config() == {"cleanup.policy": "delete", "retention.ms": str(t.retention_ms)}

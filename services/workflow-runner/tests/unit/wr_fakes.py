@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from manual_actions.contracts import Envelope
+from manual_actions.contracts import Envelope, topics
+from workflow_runner.domain.directory import Team
 from workflow_runner.domain.enrollments import Enrollment, ManualAction
 from workflow_runner.domain.people import Contact, User
 from workflow_runner.domain.workflows import Workflow
@@ -21,6 +22,7 @@ from workflow_runner.domain.workflows import Workflow
 
 @dataclass
 class State:
+    teams: dict[tuple[str, uuid.UUID], Team] = field(default_factory=dict)
     users: dict[tuple[str, uuid.UUID], User] = field(default_factory=dict)
     contacts: dict[tuple[str, uuid.UUID], Contact] = field(default_factory=dict)
     workflows: dict[tuple[str, uuid.UUID], Workflow] = field(default_factory=dict)
@@ -43,8 +45,12 @@ class _Repo:
     async def add(self, item: Any) -> None:
         self.rows[(item.tenant, item.id)] = copy.deepcopy(item)
 
-    async def get(self, tenant: str, item_id: uuid.UUID, *, for_update: bool = False) -> Any:
+    async def get(
+        self, tenant: str, item_id: uuid.UUID, *, for_update: bool = False, include_deleted: bool = False
+    ) -> Any:
         found = self.rows.get((tenant, item_id))
+        if found is not None and not include_deleted and getattr(found, "deleted_at", None) is not None:
+            return None
         return copy.deepcopy(found)
 
     async def save(self, item: Any) -> None:
@@ -53,17 +59,60 @@ class _Repo:
 
     update = save
 
-    async def list(self, tenant: str, *, limit: int, offset: int, **filters: Any) -> Sequence[Any]:
-        mine = [
-            copy.deepcopy(v)
-            for (t, _), v in self.rows.items()
-            if t == tenant
-            and all(value is None or getattr(v, name) == value for name, value in filters.items())
-        ]
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        offset: int = 0,
+        after: Any = None,
+        filters: Any = None,
+        **conditions: Any,
+    ) -> Sequence[Any]:
+        """Oldest first like the SQL repositories; ``filters`` (ContactFilter) only by owner/tag."""
+        if filters is not None:
+            conditions["owner_user_id"] = filters.owner_user_id
+        mine = sorted(
+            (
+                copy.deepcopy(v)
+                for (t, _), v in self.rows.items()
+                if t == tenant
+                and getattr(v, "deleted_at", None) is None
+                and all(value is None or getattr(v, name) == value for name, value in conditions.items())
+                and (filters is None or filters.tag is None or filters.tag in v.tags)
+            ),
+            key=lambda v: (v.created_at, v.id),
+        )
+        if after is not None:
+            mine = [v for v in mine if (v.created_at, v.id) > after]
         return mine[offset : offset + limit]
 
-    async def get_many(self, tenant: str, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Any]:
-        return {i: copy.deepcopy(self.rows[(tenant, i)]) for i in ids if (tenant, i) in self.rows}
+    async def get_many(
+        self, tenant: str, ids: Collection[uuid.UUID], *, include_deleted: bool = False
+    ) -> dict[uuid.UUID, Any]:
+        found = {i: copy.deepcopy(self.rows[(tenant, i)]) for i in ids if (tenant, i) in self.rows}
+        return {i: v for i, v in found.items() if include_deleted or getattr(v, "deleted_at", None) is None}
+
+    async def get_by_name(self, tenant: str, name: str) -> Any:
+        return next(
+            (copy.deepcopy(v) for (t, _), v in self.rows.items() if t == tenant and v.name == name), None
+        )
+
+    async def delete(self, tenant: str, item_id: uuid.UUID) -> None:
+        del self.rows[(tenant, item_id)]
+
+    async def count_members(self, tenant: str, team_id: uuid.UUID) -> int:
+        return sum(
+            1
+            for (t, _), u in self._uow.working.users.items()
+            if t == tenant and u.team_id == team_id and u.deleted_at is None
+        )
+
+    async def external_id_taken(self, tenant: str, external_id: str, *, other_than: uuid.UUID | None) -> bool:
+        return any(
+            t == tenant and c.external_id == external_id and c.id != other_than
+            for (t, _), c in self.rows.items()
+        )
 
     async def running_for(self, tenant: str, workflow_id: uuid.UUID, contact_id: uuid.UUID) -> Any:
         for (t, _), e in self.rows.items():
@@ -93,6 +142,7 @@ class FakeUnitOfWork:
         self.committed = State()
         self.working = State()
         self.commits = 0
+        self.teams = _Repo(self, "teams")
         self.users = _Repo(self, "users")
         self.contacts = _Repo(self, "contacts")
         self.workflows = _Repo(self, "workflows")
@@ -102,7 +152,11 @@ class FakeUnitOfWork:
 
     @property
     def published(self) -> list[tuple[str, Envelope[Any]]]:
-        return self.committed.outbox
+        """Committed messages on the action-lifecycle topic (directory events: ``published_on``)."""
+        return self.published_on(topics.ACTION_LIFECYCLE)
+
+    def published_on(self, topic: str) -> list[tuple[str, Envelope[Any]]]:
+        return [(t, e) for t, e in self.committed.outbox if t == topic]
 
     async def __aenter__(self) -> Self:
         self.working = copy.deepcopy(self.committed)

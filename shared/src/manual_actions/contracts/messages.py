@@ -157,6 +157,74 @@ class CallCompleted(Payload):
     ended_at: datetime
 
 
+# --- directory events (topics manual-actions.contacts and manual-actions.users) ----------------
+
+
+class ChannelFlags(Payload):
+    """One yes/no per channel of manual actions."""
+
+    message_type: ClassVar[str] = "ChannelFlags"
+    sms: bool = False
+    call: bool = False
+
+
+class Availability(Payload):
+    """Whether a user takes work: ``available``, or ``away``/``out_of_office`` between the optional
+    dates (an open end means "until changed")."""
+
+    message_type: ClassVar[str] = "Availability"
+    status: str = Field(description="available, away or out_of_office.")
+    unavailable_from: datetime | None = None
+    unavailable_until: datetime | None = None
+
+
+class WorkingInterval(Payload):
+    """A working period of one weekday, local time of the user's time zone (``HH:MM``)."""
+
+    message_type: ClassVar[str] = "WorkingInterval"
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    end: str = Field(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")
+
+
+class ContactUpdated(Payload):
+    """The current state of a contact, after it was created, changed, assigned or deleted.
+
+    The latest message per contact (the topic is compacted) is all a consumer needs: opt-out and
+    do-not-disturb per channel decide whether an SMS or call may still be sent.
+    """
+
+    message_type: ClassVar[str] = "ContactUpdated"
+    contact_id: uuid.UUID
+    name: str
+    phone: str | None = Field(default=None, pattern=E164)
+    timezone: str | None = Field(default=None, description="IANA time zone name.")
+    opted_out: ChannelFlags = Field(description="The contact asked not to be reached on this channel.")
+    do_not_disturb: ChannelFlags = Field(description="A person paused this channel for the contact.")
+    tags: list[str] = Field(default_factory=list)
+    owner_user_id: uuid.UUID | None = None
+    deleted: bool = Field(default=False, description="True once the contact was deleted.")
+    updated_at: datetime
+
+
+class UserUpdated(Payload):
+    """The current state of a user (team member), after it was created, changed or deleted."""
+
+    message_type: ClassVar[str] = "UserUpdated"
+    user_id: uuid.UUID
+    name: str
+    phone: str = Field(pattern=E164)
+    role: str = Field(description="admin, manager or agent.")
+    team_id: uuid.UUID | None = None
+    timezone: str = Field(description="IANA time zone of the working hours.")
+    availability: Availability
+    working_hours: dict[str, list[WorkingInterval]] | None = Field(
+        default=None,
+        description="Weekday (mon..sun) -> intervals; null means no working-hours limit.",
+    )
+    deleted: bool = False
+    updated_at: datetime
+
+
 ALL_MESSAGES: tuple[type[Payload], ...] = (
     ActionQueued,
     ActionCompleted,
@@ -166,4 +234,6 @@ ALL_MESSAGES: tuple[type[Payload], ...] = (
     SmsSent,
     SmsFailed,
     CallCompleted,
+    ContactUpdated,
+    UserUpdated,
 )

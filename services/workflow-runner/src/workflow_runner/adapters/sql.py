@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Select, and_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, delete, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -18,6 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 from manual_actions import outbox as outbox_plumbing
 from manual_actions.contracts import Envelope
 from workflow_runner.adapters import tables as t
+from workflow_runner.domain.directory import (
+    Availability,
+    AvailabilityStatus,
+    ChannelFlags,
+    Team,
+    WorkingHours,
+)
 from workflow_runner.domain.enrollments import (
     ActionStatus,
     ActionType,
@@ -31,9 +38,12 @@ from workflow_runner.domain.people import Contact, User, UserRole
 from workflow_runner.domain.workflows import VersionStatus, Workflow, WorkflowVersion
 from workflow_runner.handlers.ports import (
     ActionRepository,
+    ContactFilter,
     ContactRepository,
+    Cursor,
     EnrollmentRepository,
     RoundRobinRepository,
+    TeamRepository,
     UserRepository,
     WorkflowRepository,
 )
@@ -54,6 +64,88 @@ class _Repository:
         return (await self._conn.execute(statement)).mappings().all()
 
 
+# --- teams ---------------------------------------------------------------------------------------
+
+
+def _team(row: RowMapping) -> Team:
+    return Team(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        name=row["name"],
+        description=row["description"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _after(table: Table, after: Cursor | None) -> list[ColumnElement[bool]]:
+    """Keyset condition: rows strictly after ``after`` in (created_at, id) order."""
+    if after is None:
+        return []
+    return [tuple_(table.c.created_at, table.c.id) > tuple_(literal(after[0]), literal(after[1]))]
+
+
+class SqlTeamRepository(_Repository):
+    async def add(self, team: Team) -> None:
+        await self._conn.execute(
+            t.teams.insert().values(
+                tenant_id=team.tenant,
+                id=team.id,
+                name=team.name,
+                description=team.description,
+                created_at=team.created_at,
+                updated_at=team.updated_at,
+            )
+        )
+
+    async def get(self, tenant: str, team_id: uuid.UUID, *, for_update: bool = False) -> Team | None:
+        statement = select(t.teams).where(t.teams.c.tenant_id == tenant, t.teams.c.id == team_id)
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        return _team(row) if row else None
+
+    async def get_by_name(self, tenant: str, name: str) -> Team | None:
+        row = await self._first(select(t.teams).where(t.teams.c.tenant_id == tenant, t.teams.c.name == name))
+        return _team(row) if row else None
+
+    async def update(self, team: Team) -> None:
+        await self._conn.execute(
+            update(t.teams)
+            .where(t.teams.c.tenant_id == team.tenant, t.teams.c.id == team.id)
+            .values(name=team.name, description=team.description, updated_at=team.updated_at)
+        )
+
+    async def delete(self, tenant: str, team_id: uuid.UUID) -> None:
+        # Deleted users may still point at the team; they lose it with the team.
+        await self._conn.execute(
+            update(t.users)
+            .where(
+                t.users.c.tenant_id == tenant, t.users.c.team_id == team_id, t.users.c.deleted_at.is_not(None)
+            )
+            .values(team_id=None)
+        )
+        await self._conn.execute(
+            delete(t.teams).where(t.teams.c.tenant_id == tenant, t.teams.c.id == team_id)
+        )
+
+    async def count_members(self, tenant: str, team_id: uuid.UUID) -> int:
+        u = t.users.c
+        result = await self._conn.execute(
+            select(func.count())
+            .select_from(t.users)
+            .where(u.tenant_id == tenant, u.team_id == team_id, u.deleted_at.is_(None))
+        )
+        return int(result.scalar_one())
+
+    async def list(self, tenant: str, *, limit: int, after: Cursor | None = None) -> Sequence[Team]:
+        rows = await self._all(
+            select(t.teams)
+            .where(t.teams.c.tenant_id == tenant, *_after(t.teams, after))
+            .order_by(t.teams.c.created_at, t.teams.c.id)
+            .limit(limit)
+        )
+        return [_team(row) for row in rows]
+
+
 # --- users ---------------------------------------------------------------------------------------
 
 
@@ -65,41 +157,92 @@ def _user(row: RowMapping) -> User:
         phone=row["phone"],
         role=UserRole(row["role"]),
         created_at=row["created_at"],
+        team_id=row["team_id"],
+        timezone=row["timezone"],
+        availability=Availability(
+            AvailabilityStatus(row["availability"]), row["unavailable_from"], row["unavailable_until"]
+        ),
+        working_hours=WorkingHours.parse(row["working_hours"]),
+        updated_at=row["updated_at"] or row["created_at"],
+        version=row["version"],
+        deleted_at=row["deleted_at"],
     )
+
+
+def _user_values(user: User) -> dict[str, Any]:
+    return {
+        "name": user.name,
+        "phone": user.phone,
+        "role": user.role.value,
+        "team_id": user.team_id,
+        "timezone": user.timezone,
+        "availability": user.availability.status.value,
+        "unavailable_from": user.availability.unavailable_from,
+        "unavailable_until": user.availability.unavailable_until,
+        "working_hours": user.working_hours.as_dict() if user.working_hours is not None else None,
+        "updated_at": user.updated_at,
+        "version": user.version,
+        "deleted_at": user.deleted_at,
+    }
 
 
 class SqlUserRepository(_Repository):
     async def add(self, user: User) -> None:
         await self._conn.execute(
             t.users.insert().values(
-                tenant_id=user.tenant,
-                id=user.id,
-                name=user.name,
-                phone=user.phone,
-                role=user.role.value,
-                created_at=user.created_at,
+                tenant_id=user.tenant, id=user.id, created_at=user.created_at, **_user_values(user)
             )
         )
 
-    async def get(self, tenant: str, user_id: uuid.UUID) -> User | None:
-        row = await self._first(select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id == user_id))
+    async def get(
+        self, tenant: str, user_id: uuid.UUID, *, for_update: bool = False, include_deleted: bool = False
+    ) -> User | None:
+        statement = select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id == user_id)
+        if not include_deleted:
+            statement = statement.where(t.users.c.deleted_at.is_(None))
+        row = await self._first(statement.with_for_update() if for_update else statement)
         return _user(row) if row else None
 
-    async def get_many(self, tenant: str, user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, User]:
+    async def get_many(
+        self, tenant: str, user_ids: Collection[uuid.UUID], *, include_deleted: bool = False
+    ) -> dict[uuid.UUID, User]:
         if not user_ids:
             return {}
-        rows = await self._all(
-            select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id.in_(list(user_ids)))
-        )
-        return {row["id"]: _user(row) for row in rows}
+        statement = select(t.users).where(t.users.c.tenant_id == tenant, t.users.c.id.in_(list(user_ids)))
+        if not include_deleted:
+            statement = statement.where(t.users.c.deleted_at.is_(None))
+        return {row["id"]: _user(row) for row in await self._all(statement)}
 
-    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[User]:
+    async def update(self, user: User) -> None:
+        await self._conn.execute(
+            update(t.users)
+            .where(t.users.c.tenant_id == user.tenant, t.users.c.id == user.id)
+            .values(**_user_values(user))
+        )
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: Cursor | None = None,
+        role: str | None = None,
+        team_id: uuid.UUID | None = None,
+        availability: str | None = None,
+    ) -> Sequence[User]:
+        u = t.users.c
+        conditions: list[ColumnElement[bool]] = [u.tenant_id == tenant, u.deleted_at.is_(None)]
+        if role is not None:
+            conditions.append(u.role == role)
+        if team_id is not None:
+            conditions.append(u.team_id == team_id)
+        if availability is not None:
+            conditions.append(u.availability == availability)
         rows = await self._all(
             select(t.users)
-            .where(t.users.c.tenant_id == tenant)
-            .order_by(t.users.c.created_at, t.users.c.id)
+            .where(*conditions, *_after(t.users, after))
+            .order_by(u.created_at, u.id)
             .limit(limit)
-            .offset(offset)
         )
         return [_user(row) for row in rows]
 
@@ -121,10 +264,17 @@ def _contact(row: RowMapping) -> Contact:
         owner_user_id=row["owner_user_id"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        tags=list(row["tags"]),
+        opted_out=ChannelFlags(sms=row["opted_out_sms"], call=row["opted_out_call"]),
+        do_not_disturb=ChannelFlags(sms=row["dnd_sms"], call=row["dnd_call"]),
+        external_id=row["external_id"],
+        version=row["version"],
+        deleted_at=row["deleted_at"],
     )
 
 
-def _contact_values(contact: Contact) -> dict[str, Any]:
+def contact_values(contact: Contact) -> dict[str, Any]:
+    """Column values of a contact, except tenant_id, id and created_at."""
     return {
         "name": contact.name,
         "first_name": contact.first_name,
@@ -135,6 +285,14 @@ def _contact_values(contact: Contact) -> dict[str, Any]:
         "custom_fields": contact.custom_fields,
         "owner_user_id": contact.owner_user_id,
         "updated_at": contact.updated_at,
+        "tags": contact.tags,
+        "opted_out_sms": contact.opted_out.sms,
+        "opted_out_call": contact.opted_out.call,
+        "dnd_sms": contact.do_not_disturb.sms,
+        "dnd_call": contact.do_not_disturb.call,
+        "external_id": contact.external_id,
+        "version": contact.version,
+        "deleted_at": contact.deleted_at,
     }
 
 
@@ -145,12 +303,21 @@ class SqlContactRepository(_Repository):
                 tenant_id=contact.tenant,
                 id=contact.id,
                 created_at=contact.created_at,
-                **_contact_values(contact),
+                **contact_values(contact),
             )
         )
 
-    async def get(self, tenant: str, contact_id: uuid.UUID, *, for_update: bool = False) -> Contact | None:
+    async def get(
+        self,
+        tenant: str,
+        contact_id: uuid.UUID,
+        *,
+        for_update: bool = False,
+        include_deleted: bool = False,
+    ) -> Contact | None:
         statement = select(t.contacts).where(t.contacts.c.tenant_id == tenant, t.contacts.c.id == contact_id)
+        if not include_deleted:
+            statement = statement.where(t.contacts.c.deleted_at.is_(None))
         row = await self._first(statement.with_for_update() if for_update else statement)
         return _contact(row) if row else None
 
@@ -158,16 +325,42 @@ class SqlContactRepository(_Repository):
         await self._conn.execute(
             update(t.contacts)
             .where(t.contacts.c.tenant_id == contact.tenant, t.contacts.c.id == contact.id)
-            .values(**_contact_values(contact))
+            .values(**contact_values(contact))
         )
 
-    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Contact]:
+    async def external_id_taken(self, tenant: str, external_id: str, *, other_than: uuid.UUID | None) -> bool:
+        c = t.contacts.c
+        statement = select(c.id).where(c.tenant_id == tenant, c.external_id == external_id)
+        if other_than is not None:
+            statement = statement.where(c.id != other_than)
+        return await self._first(statement) is not None
+
+    async def list(
+        self, tenant: str, *, limit: int, after: Cursor | None = None, filters: ContactFilter | None = None
+    ) -> Sequence[Contact]:
+        c = t.contacts.c
+        f = filters or ContactFilter()
+        conditions: list[ColumnElement[bool]] = [c.tenant_id == tenant, c.deleted_at.is_(None)]
+        if f.tag is not None:
+            conditions.append(c.tags.contains([f.tag]))
+        if f.owner_user_id is not None:
+            conditions.append(c.owner_user_id == f.owner_user_id)
+        if f.unassigned is not None:
+            conditions.append(c.owner_user_id.is_(None) if f.unassigned else c.owner_user_id.is_not(None))
+        if f.phone is not None:
+            conditions.append(c.phone == f.phone)
+        if f.email is not None:
+            conditions.append(func.lower(c.email) == f.email.lower())
+        if f.external_id is not None:
+            conditions.append(c.external_id == f.external_id)
+        if f.name_contains is not None:
+            escaped = f.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(c.name.ilike(f"%{escaped}%"))
         rows = await self._all(
             select(t.contacts)
-            .where(t.contacts.c.tenant_id == tenant)
-            .order_by(t.contacts.c.created_at, t.contacts.c.id)
+            .where(*conditions, *_after(t.contacts, after))
+            .order_by(c.created_at, c.id)
             .limit(limit)
-            .offset(offset)
         )
         return [_contact(row) for row in rows]
 
@@ -533,6 +726,7 @@ class SqlUnitOfWork:
         self._engine = engine
         self._connection: AsyncConnection | None = None
         self._transaction: AsyncTransaction | None = None
+        self.teams: TeamRepository = SqlTeamRepository(self)
         self.users: UserRepository = SqlUserRepository(self)
         self.contacts: ContactRepository = SqlContactRepository(self)
         self.workflows: WorkflowRepository = SqlWorkflowRepository(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -20,10 +21,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from manual_actions.outbox import inbox_table, outbox_table
 
@@ -34,6 +36,20 @@ metadata = MetaData()
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
 
+teams = Table(
+    "teams",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_teams"),
+    UniqueConstraint("tenant_id", "name", name="uq_teams_name"),
+)
+
+# Deleted users keep their row (deleted_at set): actions and history still name them.
 users = Table(
     "users",
     metadata,
@@ -43,8 +59,27 @@ users = Table(
     Column("phone", Text, nullable=False, comment="E.164"),
     Column("role", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("team_id", Uuid, nullable=True),
+    Column(
+        "timezone",
+        Text,
+        nullable=False,
+        server_default="UTC",
+        comment="IANA name; working hours are read in it",
+    ),
+    Column("availability", String(16), nullable=False, server_default="available"),
+    Column("unavailable_from", DateTime(timezone=True), nullable=True),
+    Column("unavailable_until", DateTime(timezone=True), nullable=True),
+    Column("working_hours", JSONB, nullable=True, comment="weekday -> [{start, end}]; NULL: no limit"),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    Column("version", Integer, nullable=False, server_default="1", comment="sequence of UserUpdated"),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("tenant_id", "id", name="pk_users"),
     CheckConstraint("role IN ('admin', 'manager', 'agent')", name="ck_users_role"),
+    CheckConstraint("availability IN ('available', 'away', 'out_of_office')", name="ck_users_availability"),
+    ForeignKeyConstraint(["tenant_id", "team_id"], ["teams.tenant_id", "teams.id"], name="fk_users_team"),
+    Index("ix_users_team", "tenant_id", "team_id"),
+    Index("ix_users_page", "tenant_id", "created_at", "id"),
 )
 
 contacts = Table(
@@ -62,11 +97,23 @@ contacts = Table(
     Column("owner_user_id", Uuid, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("opted_out_sms", Boolean, nullable=False, server_default=text("false")),
+    Column("opted_out_call", Boolean, nullable=False, server_default=text("false")),
+    Column("dnd_sms", Boolean, nullable=False, server_default=text("false")),
+    Column("dnd_call", Boolean, nullable=False, server_default=text("false")),
+    Column("external_id", Text, nullable=True, comment="Id in the system the contact was imported from"),
+    Column("version", Integer, nullable=False, server_default="1", comment="sequence of ContactUpdated"),
+    Column("deleted_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("tenant_id", "id", name="pk_contacts"),
     ForeignKeyConstraint(
         ["tenant_id", "owner_user_id"], ["users.tenant_id", "users.id"], name="fk_contacts_owner"
     ),
+    # NULLs are distinct, so only contacts that have an external id are unique by it (import upsert).
+    UniqueConstraint("tenant_id", "external_id", name="uq_contacts_external_id"),
     Index("ix_contacts_owner", "tenant_id", "owner_user_id"),
+    Index("ix_contacts_page", "tenant_id", "created_at", "id"),
+    Index("ix_contacts_tags", "tags", postgresql_using="gin"),
 )
 
 workflows = Table(

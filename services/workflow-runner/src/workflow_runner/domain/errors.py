@@ -28,6 +28,25 @@ class InvalidField(DomainError):
         self.message = message
 
 
+class InvalidFields(InvalidField):
+    """Several fields of one input break rules; ``problems`` lists each (the first is also
+    ``field``/``message``, so callers that want one error can treat this as InvalidField)."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(problems[0].field, problems[0].message)
+        self.problems = tuple(problems)
+
+
+class Conflict(DomainError):
+    """The change contradicts the current state (a duplicate name, a team that still has members).
+    ``field`` names the input field involved, if one is."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
 class NotFound(DomainError):
     """The tenant has no ``kind`` with this id (another tenant's rows are equally "not found")."""
 

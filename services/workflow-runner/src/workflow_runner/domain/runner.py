@@ -201,7 +201,8 @@ def _assign_user(enrollment: Enrollment, step: AssignUser, ctx: RunContext, resu
             user_id=str(previous),
         )
         return
-    user_id, next_position = pick_round_robin(step.user_ids, ctx.round_robin.get(step.id, 0), ctx.users)
+    existing = {uid: u for uid, u in ctx.users.items() if u.deleted_at is None}
+    user_id, next_position = pick_round_robin(step.user_ids, ctx.round_robin.get(step.id, 0), existing)
     if user_id is None:
         enrollment.record(
             step.id,

@@ -1,15 +1,18 @@
 """The workflow-runner API under ``/v1``. Thin: authenticate, parse, call a use case, render.
 
-The tenant comes only from the token. Roles: admins manage users, tokens and workflows; admins and
-managers create contacts and enroll them; every role may read contacts. Another tenant's entity
+The tenant comes only from the token. Roles: admins manage teams, users, tokens and workflows;
+admins and managers manage contacts and enroll them; every role may read teams, users and
+contacts. Another tenant's entity
 answers 404 exactly like a missing one. Domain errors become problem+json here.
 """
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from sqlalchemy import text
@@ -19,23 +22,33 @@ from manual_actions.auth import IdentityStore, Principal, Role, require_roles
 from manual_actions.http import create_app, problem_response
 from workflow_runner.domain.errors import (
     AlreadyEnrolled,
+    Conflict,
     DomainError,
     InvalidField,
+    InvalidFields,
     NotFound,
+    Problem,
     WorkflowInvalid,
     WorkflowNotPublished,
 )
 from workflow_runner.domain.people import UserRole
+from workflow_runner.domain.phone import normalise_phone
 from workflow_runner.entrypoints.schemas import (
     ContactCreate,
     ContactPage,
+    ContactUpdate,
     ContactView,
     EnrollmentCreate,
     EnrollmentPage,
     EnrollmentView,
+    TeamCreate,
+    TeamPage,
+    TeamUpdate,
+    TeamView,
     TokenView,
     UserCreate,
     UserPage,
+    UserUpdate,
     UserView,
     WorkflowCreate,
     WorkflowPage,
@@ -51,7 +64,7 @@ from workflow_runner.handlers.commands import (
     PublishWorkflow,
     SaveDraft,
 )
-from workflow_runner.handlers.ports import UnitOfWork, UnitOfWorkFactory
+from workflow_runner.handlers.ports import ContactFilter, Cursor, UnitOfWork, UnitOfWorkFactory
 
 SERVICE_NAME = "workflow-runner"
 
@@ -81,6 +94,79 @@ def _next_offset(items: Sequence[T], limit: int, offset: int) -> int | None:
     return offset + limit if len(items) == limit else None
 
 
+class _Keyed(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def created_at(self) -> datetime | None: ...
+
+
+def encode_cursor(item: _Keyed) -> str:
+    """Opaque page position after ``item``: its (created_at, id), base64url."""
+    assert item.created_at is not None
+    return base64.urlsafe_b64encode(f"{item.created_at.isoformat()}|{item.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None) -> Cursor | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        at, _, item_id = raw.partition("|")
+        parsed = datetime.fromisoformat(at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, uuid.UUID(item_id)
+    except ValueError as exc:
+        raise InvalidField("query.cursor", "is not a cursor returned by this API") from exc
+
+
+def _next_cursor(items: Sequence[_Keyed], limit: int) -> str | None:
+    return encode_cursor(items[-1]) if len(items) == limit and items else None
+
+
+CursorParam = Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")]
+
+
+# --- teams -----------------------------------------------------------------------------------------
+
+teams = APIRouter(prefix="/v1/teams", tags=["teams"])
+
+
+@teams.post("", status_code=status.HTTP_201_CREATED, response_model=TeamView)
+async def create_team(body: TeamCreate, principal: Admin, uow: Uow) -> TeamView:
+    return TeamView.of(await handlers.create_team(uow, principal.tenant, body.name, body.description))
+
+
+@teams.get("", response_model=TeamPage)
+async def list_teams(
+    principal: AnyRole, uow: Uow, limit: Limit = 100, cursor: CursorParam = None
+) -> TeamPage:
+    found = await handlers.list_teams(uow, principal.tenant, limit=limit, after=decode_cursor(cursor))
+    return TeamPage(items=[TeamView.of(t) for t in found], next_cursor=_next_cursor(found, limit))
+
+
+@teams.get("/{team_id}", response_model=TeamView)
+async def get_team(team_id: uuid.UUID, principal: AnyRole, uow: Uow) -> TeamView:
+    return TeamView.of(await handlers.get_team(uow, principal.tenant, team_id))
+
+
+@teams.patch("/{team_id}", response_model=TeamView)
+async def update_team(team_id: uuid.UUID, body: TeamUpdate, principal: Admin, uow: Uow) -> TeamView:
+    return TeamView.of(await handlers.update_team(uow, principal.tenant, team_id, body.changes()))
+
+
+@teams.delete(
+    "/{team_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "The team still has users."}},
+)
+async def delete_team(team_id: uuid.UUID, principal: Admin, uow: Uow) -> Response:
+    await handlers.delete_team(uow, principal.tenant, team_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 # --- users -----------------------------------------------------------------------------------------
 
 users = APIRouter(prefix="/v1/users", tags=["users"])
@@ -89,23 +175,59 @@ users = APIRouter(prefix="/v1/users", tags=["users"])
 @users.post("", status_code=status.HTTP_201_CREATED, response_model=UserView)
 async def create_user(body: UserCreate, principal: Admin, uow: Uow) -> UserView:
     user = await handlers.create_user(
-        uow, CreateUser(tenant=principal.tenant, name=body.name, phone=body.phone, role=UserRole(body.role))
+        uow,
+        CreateUser(
+            tenant=principal.tenant,
+            name=body.name,
+            phone=body.phone,
+            role=UserRole(body.role),
+            team_id=body.team_id,
+            timezone=body.timezone,
+            availability=body.availability_changes(),
+            working_hours=body.model_dump()["working_hours"],
+        ),
     )
     return UserView.of(user)
 
 
 @users.get("", response_model=UserPage)
-async def list_users(principal: Supervisor, uow: Uow, limit: Limit = 100, offset: Offset = 0) -> UserPage:
-    found = await handlers.list_users(uow, principal.tenant, limit=limit, offset=offset)
-    return UserPage(items=[UserView.of(u) for u in found], next_offset=_next_offset(found, limit, offset))
+async def list_users(
+    principal: AnyRole,
+    uow: Uow,
+    limit: Limit = 100,
+    cursor: CursorParam = None,
+    role: Literal["admin", "manager", "agent"] | None = None,
+    team_id: uuid.UUID | None = None,
+    availability: Literal["available", "away", "out_of_office"] | None = None,
+) -> UserPage:
+    found = await handlers.list_users(
+        uow,
+        principal.tenant,
+        limit=limit,
+        after=decode_cursor(cursor),
+        role=role,
+        team_id=team_id,
+        availability=availability,
+    )
+    return UserPage(items=[UserView.of(u) for u in found], next_cursor=_next_cursor(found, limit))
 
 
 @users.get("/{user_id}", response_model=UserView)
 async def get_user(user_id: uuid.UUID, principal: AnyRole, uow: Uow) -> UserView:
-    """Admins and managers read any user of the tenant; an agent only itself."""
-    if principal.role is Role.AGENT and principal.user_id != user_id:
-        raise NotFound("user", user_id)
     return UserView.of(await handlers.get_user(uow, principal.tenant, user_id))
+
+
+@users.patch("/{user_id}", response_model=UserView)
+async def update_user(user_id: uuid.UUID, body: UserUpdate, principal: Admin, uow: Uow) -> UserView:
+    """Change the fields present. A role change applies to tokens issued afterwards."""
+    return UserView.of(await handlers.update_user(uow, principal.tenant, user_id, body.changes()))
+
+
+@users.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_user(user_id: uuid.UUID, principal: Admin, uow: Uow) -> Response:
+    """The user gets no new work and leaves listings; past actions and history keep naming it."""
+    await handlers.delete_user(uow, principal.tenant, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @users.post("/{user_id}/tokens", status_code=status.HTTP_201_CREATED, response_model=TokenView)
@@ -137,22 +259,62 @@ async def create_contact(body: ContactCreate, principal: Supervisor, uow: Uow) -
             timezone=body.timezone,
             custom_fields=body.custom_fields,
             owner_user_id=body.owner_user_id,
+            tags=body.tags,
+            opted_out=body.flags("opted_out"),
+            do_not_disturb=body.flags("do_not_disturb"),
+            external_id=body.external_id,
         ),
     )
     return ContactView.of(contact)
 
 
 @contacts.get("", response_model=ContactPage)
-async def list_contacts(principal: AnyRole, uow: Uow, limit: Limit = 100, offset: Offset = 0) -> ContactPage:
-    found = await handlers.list_contacts(uow, principal.tenant, limit=limit, offset=offset)
-    return ContactPage(
-        items=[ContactView.of(c) for c in found], next_offset=_next_offset(found, limit, offset)
+async def list_contacts(
+    principal: AnyRole,
+    uow: Uow,
+    limit: Limit = 100,
+    cursor: CursorParam = None,
+    tag: Annotated[str | None, Query(max_length=64)] = None,
+    owner_user_id: uuid.UUID | None = None,
+    unassigned: bool | None = None,
+    phone: Annotated[str | None, Query(max_length=64, description="Any format; compared in E.164")] = None,
+    email: Annotated[str | None, Query(max_length=254)] = None,
+    external_id: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Part of the name (case-insensitive)")] = None,
+) -> ContactPage:
+    if phone is not None:
+        phone = normalise_phone(phone, field="query.phone")
+    filters = ContactFilter(
+        tag=tag,
+        owner_user_id=owner_user_id,
+        unassigned=unassigned,
+        phone=phone,
+        email=email,
+        external_id=external_id,
+        name_contains=q,
     )
+    found = await handlers.list_contacts(
+        uow, principal.tenant, limit=limit, after=decode_cursor(cursor), filters=filters
+    )
+    return ContactPage(items=[ContactView.of(c) for c in found], next_cursor=_next_cursor(found, limit))
 
 
 @contacts.get("/{contact_id}", response_model=ContactView)
 async def get_contact(contact_id: uuid.UUID, principal: AnyRole, uow: Uow) -> ContactView:
     return ContactView.of(await handlers.get_contact(uow, principal.tenant, contact_id))
+
+
+@contacts.patch("/{contact_id}", response_model=ContactView)
+async def update_contact(
+    contact_id: uuid.UUID, body: ContactUpdate, principal: Supervisor, uow: Uow
+) -> ContactView:
+    return ContactView.of(await handlers.update_contact(uow, principal.tenant, contact_id, body.changes()))
+
+
+@contacts.delete("/{contact_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_contact(contact_id: uuid.UUID, principal: Supervisor, uow: Uow) -> Response:
+    await handlers.delete_contact(uow, principal.tenant, contact_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 # --- workflows -------------------------------------------------------------------------------------
@@ -247,6 +409,11 @@ async def get_enrollment(enrollment_id: uuid.UUID, principal: Supervisor, uow: U
 # --- errors ----------------------------------------------------------------------------------------
 
 
+def _located(field: str) -> str:
+    """Where a field is: in the body unless the name already says (``query.cursor``)."""
+    return field if field.startswith(("query.", "path.")) else f"body.{field}"
+
+
 def _problem(request: Request, exc: Exception) -> Response:
     """Render a domain error as problem+json (status, title, and the ids/fields it names)."""
     path = request.url.path
@@ -259,14 +426,18 @@ def _problem(request: Request, exc: Exception) -> Response:
             extra={f"{exc.kind}_id": exc.entity_id},
         )
     if isinstance(exc, InvalidField):
-        field = f"body.{exc.field}"
+        problems = exc.problems if isinstance(exc, InvalidFields) else (Problem(exc.field, exc.message),)
+        errors = [{"field": _located(p.field), "message": p.message} for p in problems]
         return problem_response(
             422,
             "Request validation failed",
-            f"Invalid {field}: {exc.message}",
+            "; ".join(f"Invalid {e['field']}: {e['message']}" for e in errors),
             instance=path,
-            extra={"errors": [{"field": field, "message": exc.message}]},
+            extra={"errors": errors},
         )
+    if isinstance(exc, Conflict):
+        extra = {"errors": [{"field": _located(exc.field), "message": exc.message}]} if exc.field else None
+        return problem_response(409, "Conflict", exc.message, instance=path, extra=extra)
     if isinstance(exc, WorkflowInvalid):
         errors = [{"field": p.field, "message": p.message} for p in exc.problems]
         return problem_response(
@@ -325,6 +496,6 @@ def build_app(uow: UnitOfWorkFactory, identity: IdentityStore, engine: AsyncEngi
     app.state.uow = uow
     app.state.identity = identity
     app.add_exception_handler(DomainError, _on_domain_error)
-    for router in (users, contacts, workflows, enrollments):
+    for router in (teams, users, contacts, workflows, enrollments):
         app.include_router(router)
     return app

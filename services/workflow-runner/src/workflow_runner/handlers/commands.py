@@ -21,6 +21,10 @@ class CreateUser:
     name: str
     phone: str
     role: UserRole
+    team_id: uuid.UUID | None = None
+    timezone: str | None = None
+    availability: Mapping[str, Any] | None = None
+    working_hours: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class CreateContact:
     timezone: str | None = None
     custom_fields: Mapping[str, CustomValue] = field(default_factory=dict)
     owner_user_id: uuid.UUID | None = None
+    tags: Sequence[str] = ()
+    opted_out: Mapping[str, Any] | None = None
+    do_not_disturb: Mapping[str, Any] | None = None
+    external_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,28 +10,44 @@ from datetime import UTC, datetime
 
 from manual_actions.contracts import ActionQueued, ContactSnapshot, Envelope
 from manual_actions.contracts import ActionType as ContractActionType
-from manual_actions.contracts.topics import ACTION_LIFECYCLE
+from manual_actions.contracts.topics import ACTION_LIFECYCLE, CONTACTS
 from workflow_runner import metrics
 from workflow_runner.domain import runner
 from workflow_runner.domain.enrollments import Enrollment, ManualAction
 from workflow_runner.domain.errors import (
     AlreadyEnrolled,
-    InvalidField,
     NotFound,
     WorkflowInvalid,
     WorkflowNotPublished,
 )
-from workflow_runner.domain.people import Contact, User
+from workflow_runner.domain.people import Contact
 from workflow_runner.domain.steps import AssignUser, referenced_user_ids
 from workflow_runner.domain.workflows import Workflow, WorkflowVersion
 from workflow_runner.handlers.commands import (
     ActionFinished,
-    CreateContact,
-    CreateUser,
     CreateWorkflow,
     Enroll,
     PublishWorkflow,
     SaveDraft,
+)
+from workflow_runner.handlers.directory import (  # noqa: F401  (the directory's use cases, re-exported)
+    contact_updated,
+    create_contact,
+    create_team,
+    create_user,
+    delete_contact,
+    delete_team,
+    delete_user,
+    get_contact,
+    get_team,
+    get_user,
+    list_contacts,
+    list_teams,
+    list_users,
+    update_contact,
+    update_team,
+    update_user,
+    user_updated,
 )
 from workflow_runner.handlers.ports import UnitOfWork
 
@@ -47,67 +63,6 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-# --- users and contacts -------------------------------------------------------------------------
-
-
-async def create_user(uow: UnitOfWork, cmd: CreateUser, *, clock: Clock = utcnow) -> User:
-    async with uow:
-        user = User.create(tenant=cmd.tenant, name=cmd.name, phone=cmd.phone, role=cmd.role, now=clock())
-        await uow.users.add(user)
-        await uow.commit()
-    return user
-
-
-async def get_user(uow: UnitOfWork, tenant: str, user_id: uuid.UUID) -> User:
-    async with uow:
-        user = await uow.users.get(tenant, user_id)
-    if user is None:
-        raise NotFound("user", user_id)
-    return user
-
-
-async def list_users(uow: UnitOfWork, tenant: str, *, limit: int = 100, offset: int = 0) -> Sequence[User]:
-    async with uow:
-        return await uow.users.list(tenant, limit=limit, offset=offset)
-
-
-async def create_contact(uow: UnitOfWork, cmd: CreateContact, *, clock: Clock = utcnow) -> Contact:
-    """Raises InvalidField (``owner_user_id`` when that user does not exist in the tenant)."""
-    async with uow:
-        contact = Contact.create(
-            tenant=cmd.tenant,
-            now=clock(),
-            name=cmd.name,
-            first_name=cmd.first_name,
-            last_name=cmd.last_name,
-            phone=cmd.phone,
-            email=cmd.email,
-            timezone=cmd.timezone,
-            custom_fields=cmd.custom_fields,
-            owner_user_id=cmd.owner_user_id,
-        )
-        if cmd.owner_user_id is not None and await uow.users.get(cmd.tenant, cmd.owner_user_id) is None:
-            raise InvalidField("owner_user_id", f"user {cmd.owner_user_id} does not exist")
-        await uow.contacts.add(contact)
-        await uow.commit()
-    return contact
-
-
-async def get_contact(uow: UnitOfWork, tenant: str, contact_id: uuid.UUID) -> Contact:
-    async with uow:
-        contact = await uow.contacts.get(tenant, contact_id)
-    if contact is None:
-        raise NotFound("contact", contact_id)
-    return contact
-
-
-async def list_contacts(
-    uow: UnitOfWork, tenant: str, *, limit: int = 100, offset: int = 0
-) -> Sequence[Contact]:
-    async with uow:
-        return await uow.contacts.list(tenant, limit=limit, offset=offset)
 
 
 # --- workflows ----------------------------------------------------------------------------------
@@ -309,7 +264,9 @@ async def _action_finished(
         return NOT_WAITING, None
     workflow = await uow.workflows.get(event.tenant, enrollment.workflow_id)
     version = workflow.version(enrollment.workflow_version) if workflow else None
-    contact = await uow.contacts.get(event.tenant, enrollment.contact_id, for_update=True)
+    contact = await uow.contacts.get(
+        event.tenant, enrollment.contact_id, for_update=True, include_deleted=True
+    )
     if workflow is None or version is None or contact is None:
         raise RuntimeError(f"enrollment {enrollment.id} refers to missing rows")  # rows are never deleted
     ctx = await _run_context(uow, workflow, version, contact, now, new_id)
@@ -334,7 +291,7 @@ async def _run_context(
     wanted = {u for s in steps if isinstance(s, AssignUser) for u in s.user_ids}
     if contact.owner_user_id is not None:
         wanted.add(contact.owner_user_id)
-    users = await uow.users.get_many(workflow.tenant, wanted)
+    users = await uow.users.get_many(workflow.tenant, wanted, include_deleted=True)
     positions = (
         await uow.round_robin.load(workflow.tenant, workflow.id, for_update=True)
         if any(isinstance(s, AssignUser) for s in steps)
@@ -361,6 +318,7 @@ async def _apply(
     """Persist what a run changed besides the enrollment, and stage its events."""
     if result.contact_changed:
         await uow.contacts.update(ctx.contact)
+        await uow.publish(CONTACTS, contact_updated(ctx.contact, causation_id=causation_id))
         await uow.round_robin.save(ctx.contact.tenant, workflow_id, dict(ctx.round_robin))
     action = result.action
     if action is not None:

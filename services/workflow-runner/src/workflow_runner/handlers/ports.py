@@ -9,29 +9,100 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
 from manual_actions.contracts import Envelope
+from workflow_runner.domain.directory import Team
 from workflow_runner.domain.enrollments import Enrollment, ManualAction
 from workflow_runner.domain.people import Contact, User
 from workflow_runner.domain.workflows import Workflow
 
+Cursor = tuple[datetime, uuid.UUID]
+"""Keyset pagination position: (created_at, id) of the last item of the previous page."""
+
+
+@dataclass(frozen=True)
+class ContactFilter:
+    """Conditions of a contact listing; None means "any". ``unassigned`` True: no owner, False:
+    some owner. ``name_contains`` is case-insensitive; ``email`` too."""
+
+    tag: str | None = None
+    owner_user_id: uuid.UUID | None = None
+    unassigned: bool | None = None
+    phone: str | None = None
+    email: str | None = None
+    external_id: str | None = None
+    name_contains: str | None = None
+
+
+class TeamRepository(Protocol):
+    async def add(self, team: Team) -> None: ...
+    async def get(self, tenant: str, team_id: uuid.UUID, *, for_update: bool = False) -> Team | None: ...
+    async def get_by_name(self, tenant: str, name: str) -> Team | None: ...
+    async def update(self, team: Team) -> None: ...
+
+    async def delete(self, tenant: str, team_id: uuid.UUID) -> None:
+        """Remove the team (callers first check it has no members that are not deleted)."""
+        ...
+
+    async def count_members(self, tenant: str, team_id: uuid.UUID) -> int:
+        """Users of the team that are not deleted."""
+        ...
+
+    async def list(self, tenant: str, *, limit: int, after: Cursor | None = None) -> Sequence[Team]: ...
+
 
 class UserRepository(Protocol):
+    """Deleted users are only returned with ``include_deleted=True``."""
+
     async def add(self, user: User) -> None: ...
-    async def get(self, tenant: str, user_id: uuid.UUID) -> User | None: ...
-    async def get_many(self, tenant: str, user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, User]: ...
-    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[User]: ...
+    async def get(
+        self, tenant: str, user_id: uuid.UUID, *, for_update: bool = False, include_deleted: bool = False
+    ) -> User | None: ...
+    async def get_many(
+        self, tenant: str, user_ids: Collection[uuid.UUID], *, include_deleted: bool = False
+    ) -> dict[uuid.UUID, User]: ...
+    async def update(self, user: User) -> None: ...
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        limit: int,
+        after: Cursor | None = None,
+        role: str | None = None,
+        team_id: uuid.UUID | None = None,
+        availability: str | None = None,
+    ) -> Sequence[User]:
+        """Oldest first, after ``after``; deleted users are left out."""
+        ...
 
 
 class ContactRepository(Protocol):
+    """Deleted contacts are only returned with ``include_deleted=True``."""
+
     async def add(self, contact: Contact) -> None: ...
     async def get(
-        self, tenant: str, contact_id: uuid.UUID, *, for_update: bool = False
+        self,
+        tenant: str,
+        contact_id: uuid.UUID,
+        *,
+        for_update: bool = False,
+        include_deleted: bool = False,
     ) -> Contact | None: ...
     async def update(self, contact: Contact) -> None: ...
-    async def list(self, tenant: str, *, limit: int, offset: int) -> Sequence[Contact]: ...
+    async def external_id_taken(
+        self, tenant: str, external_id: str, *, other_than: uuid.UUID | None
+    ) -> bool: ...
+
+    async def list(
+        self, tenant: str, *, limit: int, after: Cursor | None = None, filters: ContactFilter | None = None
+    ) -> Sequence[Contact]:
+        """Oldest first, after ``after``; deleted contacts are left out."""
+        ...
 
 
 class WorkflowRepository(Protocol):
@@ -99,6 +170,7 @@ class RoundRobinRepository(Protocol):
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the ``async with`` block without ``commit()`` rolls back."""
 
+    teams: TeamRepository
     users: UserRepository
     contacts: ContactRepository
     workflows: WorkflowRepository
