@@ -20,8 +20,24 @@ TOPIC_CONSTANTS = {
 
 # Who writes and reads what, as docs/architecture.md describes it (plus the dashboard and
 # workflow-runner on action-lifecycle). A change here is a change of the architecture.
+# Every transition of an action after ActionQueued, published by action-queue (decision 0012).
+AQ_TRANSITIONS = (
+    "ActionReserved",
+    "ActionReleased",
+    "ActionSnoozed",
+    "ActionScheduled",
+    "ActionRequeued",
+    "ActionSmsRequested",
+    "ActionCallRequested",
+    "ActionCallEnded",
+    "ActionSkipped",
+    "ActionReassigned",
+    "ActionExpired",
+    "ActionFailed",
+)
 EXPECTED_MESSAGES = {
-    topics.ACTION_LIFECYCLE: {("ActionQueued", 1), ("ActionCompleted", 1), ("ActionDeleted", 1)},
+    topics.ACTION_LIFECYCLE: {("ActionQueued", 1), ("ActionCompleted", 1), ("ActionDeleted", 1),
+                              *((name, 1) for name in AQ_TRANSITIONS)},
     topics.SMS_COMMANDS: {("SendSms", 1)},
     topics.CALL_COMMANDS: {("PlaceCall", 1)},
     topics.SMS_RESULTS: {("SmsSent", 1), ("SmsFailed", 1)},
@@ -33,7 +49,7 @@ EXPECTED_MESSAGES = {
 EXPECTED_PRODUCERS = {
     topics.ACTION_LIFECYCLE: {
         "workflow-runner": {"ActionQueued"},
-        "action-queue": {"ActionCompleted", "ActionDeleted"},
+        "action-queue": {"ActionCompleted", "ActionDeleted", *AQ_TRANSITIONS},
     },
     topics.SMS_COMMANDS: {"action-queue": {"SendSms"}},
     topics.CALL_COMMANDS: {"action-queue": {"PlaceCall"}},

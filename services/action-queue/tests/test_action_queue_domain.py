@@ -22,6 +22,13 @@ from action_queue.domain import (
     require_user,
 )
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionType, PlaceCall, SendSms
+from manual_actions.contracts.messages import (
+    ActionCallEnded,
+    ActionCallRequested,
+    ActionRequeued,
+    ActionReserved,
+    ActionSmsRequested,
+)
 
 AGENT = uuid.uuid4()
 OTHER = uuid.uuid4()
@@ -52,12 +59,12 @@ def in_status(action: ManualAction, status: ActionStatus) -> ManualAction:
         assert action.status is status
         return action
     if status is ActionStatus.AWAITING_OUTCOME:
-        command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
+        _, command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
         action.call_completed(command.command_id, "completed", NOW)
         return action
     if status is ActionStatus.COMPLETED:
         if action.type is ActionType.SMS:
-            command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+            _, command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
             action.sms_sent(command.command_id, NOW)
         else:
             action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
@@ -88,11 +95,13 @@ def test_from_queued_copies_the_event_and_starts_at_its_sequence() -> None:
 
 def test_reserve_takes_a_lease() -> None:
     action = sms()
-    assert action.reserve(AGENT, NOW) is None
+    event = action.reserve(AGENT, NOW)
+    assert isinstance(event, ActionReserved)
+    assert (event.reserved_by, event.lease_expires_at, event.renewed) == (AGENT, NOW + DEFAULT_LEASE, False)
     assert action.status is ActionStatus.RESERVED
     assert action.reserved_by == AGENT
     assert action.lease_expires_at == NOW + DEFAULT_LEASE
-    assert action.version == 1  # no lifecycle event
+    assert action.version == 2  # every transition is a lifecycle event
 
 
 def test_a_live_lease_cannot_be_taken_but_a_lapsed_one_can() -> None:
@@ -118,7 +127,10 @@ def test_reserve_is_refused_unless_queued_or_lapsed(status: ActionStatus) -> Non
 def test_send_sms_issues_a_command_and_moves_to_sending(status: ActionStatus) -> None:
     action = in_status(sms(), status)
     command_id = uuid.uuid4()
-    command = action.send_sms(AGENT, command_id, now=NOW)
+    version = action.version
+    event, command = action.send_sms(AGENT, command_id, now=NOW)
+    assert isinstance(event, ActionSmsRequested)
+    assert (event.command_id, event.body, event.requested_by) == (command_id, command.body, AGENT)
     assert isinstance(command, SendSms)
     assert command.command_id == command_id
     assert command.action_id == action.id
@@ -128,12 +140,12 @@ def test_send_sms_issues_a_command_and_moves_to_sending(status: ActionStatus) ->
     assert action.status is ActionStatus.SENDING
     assert action.pending_command_id == command_id
     assert action.command_sequence == 1
-    assert action.version == 1  # commands do not advance the lifecycle sequence
+    assert action.version == version + 1  # the event does; the command has its own counter
 
 
 def test_send_sms_uses_the_edited_body() -> None:
     action = sms()
-    command = action.send_sms(AGENT, uuid.uuid4(), body="  Edited text ", now=NOW)
+    _, command = action.send_sms(AGENT, uuid.uuid4(), body="  Edited text ", now=NOW)
     assert command.body == "Edited text"
     assert action.message == "Edited text"
 
@@ -192,7 +204,7 @@ def test_send_sms_is_refused_while_someone_else_holds_the_lease() -> None:
 
 def test_sms_sent_completes_with_outcome_sent_and_sequence_two() -> None:
     action = sms()
-    command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+    _, command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
     event = action.sms_sent(command.command_id, NOW + timedelta(seconds=3))
     assert isinstance(event, ActionCompleted)
     assert event.outcome == "sent"
@@ -201,21 +213,24 @@ def test_sms_sent_completes_with_outcome_sent_and_sequence_two() -> None:
     assert action.status is ActionStatus.COMPLETED
     assert action.outcome == "sent"
     assert action.completed_at == NOW + timedelta(seconds=3)
-    assert action.version == 2
+    assert action.version == 3  # 1 queued, 2 SMS requested, 3 completed
 
 
 def test_sms_failed_requeues_with_the_reason() -> None:
     action = sms()
     action.reserve(AGENT, NOW)
-    command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
-    assert action.sms_failed(command.command_id, "Unreachable destination", NOW) is None
+    _, command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+    event = action.sms_failed(command.command_id, "Unreachable destination", NOW, error_code=30003)
+    assert isinstance(event, ActionRequeued)
+    assert event.last_error == "Unreachable destination"
+    assert event.reason == "SMS failed: Unreachable destination"
     assert action.status is ActionStatus.QUEUED
     assert action.last_error == "Unreachable destination"
     assert action.reserved_by is None
     assert action.pending_command_id is None
-    assert action.version == 1
+    assert action.version == 4  # queued, reserved, SMS requested, requeued
     # and it can be sent again, with a new command and the next command sequence
-    retry = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+    _, retry = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
     assert action.command_sequence == 2
     assert action.last_error is None
     assert action.sms_sent(retry.command_id, NOW).outcome == "sent"
@@ -233,7 +248,7 @@ def test_results_for_another_command_are_stale() -> None:
 
 def test_results_after_completion_or_deletion_are_stale() -> None:
     action = sms()
-    command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+    _, command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
     action.delete(AGENT, now=NOW)
     with pytest.raises(StaleResult):
         action.sms_sent(command.command_id, NOW)
@@ -246,7 +261,9 @@ def test_results_after_completion_or_deletion_are_stale() -> None:
 @pytest.mark.parametrize("status", [ActionStatus.QUEUED, ActionStatus.RESERVED])
 def test_place_call_issues_a_command_and_moves_to_calling(status: ActionStatus) -> None:
     action = in_status(call(), status)
-    command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
+    event, command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
+    assert isinstance(event, ActionCallRequested)
+    assert (event.command_id, event.agent_phone) == (command.command_id, "+14155550199")
     assert isinstance(command, PlaceCall)
     assert command.to == "+14155550100"
     assert command.agent_phone == "+14155550199"
@@ -282,8 +299,10 @@ def test_place_call_is_refused_once_under_way_or_finished(status: ActionStatus) 
 
 def test_call_completed_awaits_the_outcome() -> None:
     action = call()
-    command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
-    assert action.call_completed(command.command_id, "no-answer", NOW) is None
+    _, command = action.place_call(AGENT, uuid.uuid4(), agent_phone="+14155550199", now=NOW)
+    ended = action.call_completed(command.command_id, "no-answer", NOW, duration_seconds=0)
+    assert isinstance(ended, ActionCallEnded)
+    assert (ended.command_id, ended.call_status) == (command.command_id, "no-answer")
     assert action.status is ActionStatus.AWAITING_OUTCOME
     assert action.call_status == "no-answer"
     with pytest.raises(StaleResult):  # a redelivered result changes nothing
@@ -294,13 +313,14 @@ def test_call_completed_awaits_the_outcome() -> None:
 @pytest.mark.parametrize("status", [ActionStatus.CALLING, ActionStatus.AWAITING_OUTCOME])
 def test_complete_records_the_outcome(status: ActionStatus) -> None:
     action = in_status(call(), status)
+    version = action.version
     event = action.complete("no_answer", AGENT, notes="try tomorrow", now=NOW)
     assert isinstance(event, ActionCompleted)
     assert event.outcome == "no_answer"
     assert event.notes == "try tomorrow"
     assert event.completed_by == AGENT
     assert action.status is ActionStatus.COMPLETED
-    assert action.version == 2
+    assert action.version == version + 1
     assert action.history[-1].by == AGENT
 
 
@@ -335,13 +355,14 @@ def test_complete_refuses_a_malformed_outcome(outcome: str) -> None:
 ])
 def test_delete_from_any_open_status(kind: str, status: ActionStatus) -> None:
     action = in_status(sms() if kind == "sms" else call(), status)
+    version = action.version
     event = action.delete(OTHER, reason="created by mistake", now=NOW)
     assert isinstance(event, ActionDeleted)
     assert event.deleted_by == OTHER
     assert event.reason == "created by mistake"
     assert action.status is ActionStatus.DELETED
     assert action.reserved_by is None
-    assert action.version == 2
+    assert action.version == version + 1
 
 
 @pytest.mark.parametrize("status", [ActionStatus.COMPLETED, ActionStatus.DELETED])
@@ -357,7 +378,7 @@ def test_delete_is_refused_when_finished(status: ActionStatus) -> None:
 def test_history_records_every_transition() -> None:
     action = sms()
     action.reserve(AGENT, NOW)
-    command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
+    _, command = action.send_sms(AGENT, uuid.uuid4(), now=NOW)
     action.sms_sent(command.command_id, NOW)
     assert [(h.from_status, h.to_status) for h in action.history] == [
         (None, ActionStatus.QUEUED),

@@ -95,7 +95,10 @@ async def test_send_sms_then_sms_sent_completes_with_sequence_two() -> None:
     action_id = await queue_action(uow)
     sending = await queue.send_sms(uow, agent, action_id, body="Edited", now=NOW)
     assert sending.status is ActionStatus.SENDING
-    [(topic, command)] = uow.outbox
+    [(event_topic, requested), (topic, command)] = uow.outbox
+    assert event_topic == topics.ACTION_LIFECYCLE
+    assert (requested.type, requested.sequence) == ("ActionSmsRequested", 2)
+    assert requested.data.command_id == command.data.command_id
     assert topic == topics.SMS_COMMANDS
     assert command.type == "SendSms"
     assert command.subject == str(action_id)
@@ -110,11 +113,11 @@ async def test_send_sms_then_sms_sent_completes_with_sequence_two() -> None:
     action = uow.store[action_id]
     assert action.status is ActionStatus.COMPLETED
     assert action.outcome == "sent"
-    assert len(uow.outbox) == 2
-    topic, completed = uow.outbox[1]
+    assert len(uow.outbox) == 3
+    topic, completed = uow.outbox[2]
     assert topic == topics.ACTION_LIFECYCLE
     assert completed.type == "ActionCompleted"
-    assert completed.sequence == 2
+    assert completed.sequence == 3
     assert completed.subject == str(action_id)
     assert completed.causation_id == result.id
     assert completed.data.outcome == "sent"
@@ -124,7 +127,7 @@ async def test_sms_failed_requeues_with_the_reason_and_a_late_result_is_stale() 
     uow = FakeUnitOfWork()
     action_id = await queue_action(uow)
     await queue.send_sms(uow, agent, action_id, body=None, now=NOW)
-    command = uow.outbox[0][1].data
+    command = uow.outbox[1][1].data
     failed = wrap(SmsFailed(command_id=command.command_id, action_id=action_id, reason="Invalid 'To' number",
                             error_code=21211, failed_at=NOW), tenant=TENANT, subject=action_id,
                   source="sms-sender")
@@ -132,17 +135,21 @@ async def test_sms_failed_requeues_with_the_reason_and_a_late_result_is_stale() 
     action = uow.store[action_id]
     assert action.status is ActionStatus.QUEUED
     assert action.last_error == "Invalid 'To' number"
+    topic, requeued = uow.outbox[-1]
+    assert (topic, requeued.type, requeued.sequence) == (topics.ACTION_LIFECYCLE, "ActionRequeued", 3)
+    assert requeued.data.last_error == "Invalid 'To' number"
+    assert requeued.causation_id == failed.id
     # an SmsSent for the failed command must not complete the re-queued action
     await materialise.apply_batch(uow, [sms_sent(command.command_id, action_id)])
     assert uow.store[action_id].status is ActionStatus.QUEUED
-    assert len(uow.outbox) == 1
+    assert len(uow.outbox) == 3
 
 
 async def test_results_are_scoped_by_tenant() -> None:
     uow = FakeUnitOfWork()
     action_id = await queue_action(uow)
     await queue.send_sms(uow, agent, action_id, body=None, now=NOW)
-    command = uow.outbox[0][1].data
+    command = uow.outbox[1][1].data
     with pytest.raises(materialise.UnprocessableMessage):
         await materialise.apply_batch(uow, [sms_sent(command.command_id, action_id, tenant="globex")])
     assert uow.store[action_id].status is ActionStatus.SENDING
@@ -152,7 +159,8 @@ async def test_call_then_call_completed_then_outcome() -> None:
     uow = FakeUnitOfWork()
     action_id = await queue_action(uow, action_type=ActionType.CALL)
     await queue.place_call(uow, agent, action_id, agent_phone="+14155550199", now=NOW)
-    [(topic, command)] = uow.outbox
+    [(_, requested), (topic, command)] = uow.outbox
+    assert (requested.type, requested.sequence) == ("ActionCallRequested", 2)
     assert topic == topics.CALL_COMMANDS
     assert command.type == "PlaceCall" and command.sequence == 1
     ended = wrap(CallCompleted(command_id=command.data.command_id, action_id=action_id,
@@ -161,11 +169,12 @@ async def test_call_then_call_completed_then_outcome() -> None:
     await materialise.apply_batch(uow, [ended])
     assert uow.store[action_id].status is ActionStatus.AWAITING_OUTCOME
     assert uow.store[action_id].call_status == "completed"
+    assert (uow.outbox[-1][1].type, uow.outbox[-1][1].sequence) == ("ActionCallEnded", 3)
     done = await queue.complete_action(uow, agent, action_id, outcome="connected", notes="Booked", now=NOW)
     assert done.status is ActionStatus.COMPLETED
     topic, completed = uow.outbox[-1]
     assert topic == topics.ACTION_LIFECYCLE
-    assert (completed.type, completed.sequence, completed.data.outcome) == ("ActionCompleted", 2, "connected")
+    assert (completed.type, completed.sequence, completed.data.outcome) == ("ActionCompleted", 4, "connected")
     assert completed.data.completed_by == AGENT
 
 

@@ -245,14 +245,16 @@ async def test_send_sms_then_sms_sent_completes_and_publishes_action_completed(
     await aq.produce(result, topic=topics.SMS_RESULTS)
     done = await tenant.status_becomes(action_id, "completed")
     assert done["outcome"] == "sent"
-    assert done["version"] == 2
+    assert done["version"] == 3  # 1 ActionQueued, 2 ActionSmsRequested, 3 ActionCompleted
     assert [h["to"] for h in done["history"]] == ["queued", "sending", "completed"]
 
     def completions() -> list[dict[str, Any]]:
         return aq.recorder.about(topics.ACTION_LIFECYCLE, action_id, "ActionCompleted")
 
     [completed] = await eventually(completions, what="ActionCompleted on action-lifecycle")
-    assert completed["sequence"] == 2
+    assert completed["sequence"] == 3
+    [requested] = aq.recorder.about(topics.ACTION_LIFECYCLE, action_id, "ActionSmsRequested")
+    assert (requested["sequence"], requested["data"]["command_id"]) == (2, data["command_id"])
     assert completed["source"] == "action-queue"
     assert completed["tenant"] == tenant.name
     assert completed["causation_id"] == str(result.id)
@@ -262,7 +264,7 @@ async def test_send_sms_then_sms_sent_completes_and_publishes_action_completed(
     await aq.wait_consumed(await aq.produce(result, topic=topics.SMS_RESULTS))
     await aq.recorder_caught_up()
     assert len(completions()) == 1
-    assert (await tenant.admin.get(f"/v1/actions/{action_id}")).json()["version"] == 2
+    assert (await tenant.admin.get(f"/v1/actions/{action_id}")).json()["version"] == 3
     await assert_published_per_registry(aq, action_id)
 
 
@@ -280,6 +282,12 @@ async def test_sms_failed_puts_the_action_back_with_the_reason(aq: Harness, tena
     assert back["last_error"] == "The 'To' number is not a valid phone number."
     listed = (await tenant.agent.get("/v1/actions", params={"status": "queued"})).json()["items"]
     assert [i["last_error"] for i in listed if i["id"] == str(action_id)] == [back["last_error"]]
+    [requeued] = await eventually(
+        lambda: aq.recorder.about(topics.ACTION_LIFECYCLE, action_id, "ActionRequeued"),
+        what="ActionRequeued on action-lifecycle")
+    assert requeued["sequence"] == 3
+    assert requeued["data"]["last_error"] == back["last_error"]
+    assert requeued["causation_id"] == str(failed.id)
 
 
 async def test_send_sms_without_contact_phone_is_422_naming_contact_phone(tenant: Tenant) -> None:
@@ -331,7 +339,10 @@ async def test_call_outcome_flow_and_missing_outcome_is_422(aq: Harness, tenant:
         lambda: aq.recorder.about(topics.ACTION_LIFECYCLE, action_id, "ActionCompleted"),
         what="ActionCompleted for the call")
     assert [(e["sequence"], e["data"]["outcome"], e["data"]["completed_by"]) for e in completed] == [
-        (2, "no_answer", str(tenant.users["agent"]))]
+        (4, "no_answer", str(tenant.users["agent"]))]
+    lifecycle = [(e["type"], e["sequence"]) for e in aq.recorder.about(topics.ACTION_LIFECYCLE, action_id)]
+    assert lifecycle == [("ActionQueued", 1), ("ActionCallRequested", 2), ("ActionCallEnded", 3),
+                         ("ActionCompleted", 4)]
     await assert_published_per_registry(aq, action_id)
 
 

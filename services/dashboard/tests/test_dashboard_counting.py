@@ -32,6 +32,15 @@ from manual_actions.contracts import (
     Envelope,
     SmsSent,
 )
+from manual_actions.contracts.messages import (
+    ActionExpired,
+    ActionFailed,
+    ActionReassigned,
+    ActionRequeued,
+    ActionReserved,
+    ActionSkipped,
+    ActionSnoozed,
+)
 
 ALICE = "11111111-1111-1111-1111-111111111111"
 BOB = "22222222-2222-2222-2222-222222222222"
@@ -296,6 +305,59 @@ def test_fact_from_lifecycle_envelopes() -> None:
     env = Envelope.wrap(completed, source="action-queue", tenant="t1", subject=str(action_id), sequence=3)
     got = fact_from_envelope(env)
     assert got is not None and got.kind is LifecycleKind.COMPLETED and got.sequence == 3
+
+
+@pytest.mark.parametrize("kind", [LifecycleKind.SKIPPED, LifecycleKind.EXPIRED, LifecycleKind.FAILED])
+def test_skipped_expired_and_failed_actions_stop_being_pending(kind: LifecycleKind) -> None:
+    queued = count_lifecycle_event(None, fact(LifecycleKind.QUEUED, 1), at(10)).state
+    ended = count_lifecycle_event(queued, fact(kind, 4), at(13))
+    assert ended.delta == (CountChange(ActionType.SMS, ALICE, -1),)
+    assert ended.state is not None and not ended.state.pending
+
+
+def test_reassigned_pending_action_moves_its_count_and_ends_under_the_new_assignee() -> None:
+    p = Pipeline()
+    p.stage_one(fact(LifecycleKind.QUEUED, 1), at(10))
+    p.stage_one(fact(LifecycleKind.REASSIGNED, 3, assignee=BOB), at(11))
+    p.stage_two()
+    # assignees whose counts drop to zero are left out
+    assert p.counts()["by_assignee"] == {BOB: {"total": 1, "calls": 0, "sms": 1}}
+    p.stage_one(fact(LifecycleKind.COMPLETED, 4, assignee=BOB), at(12))
+    p.stage_two()
+    assert p.counts()["total"] == 0
+    assert p.counts()["by_assignee"] == {}
+
+
+def test_reassigning_a_finished_action_changes_no_count() -> None:
+    queued = count_lifecycle_event(None, fact(LifecycleKind.QUEUED, 1), at(10)).state
+    done = count_lifecycle_event(queued, fact(LifecycleKind.DELETED, 2), at(11)).state
+    moved = count_lifecycle_event(done, fact(LifecycleKind.REASSIGNED, 3, assignee=BOB), at(12))
+    assert moved.delta == ()
+    assert moved.state is not None and not moved.state.pending
+
+
+def test_action_queue_transitions_map_to_facts_or_are_ignored() -> None:
+    action_id, user, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    common = {"action_id": action_id, "action_type": ActionType.SMS, "assignee_user_id": user}
+    expected = [
+        (ActionReserved(**common, reserved_by=user, lease_expires_at=now, reserved_at=now), None),
+        (ActionSnoozed(**common, until=now, snoozed_by=user, snoozed_at=now), None),
+        (ActionRequeued(**common, reason="snooze ended", requeued_at=now), None),
+        (ActionSkipped(**common, reason="opted out", skipped_by=None, skipped_at=now), LifecycleKind.SKIPPED),
+        (ActionExpired(**common, expired_at=now), LifecycleKind.EXPIRED),
+        (ActionFailed(**common, reason="gave up", failed_at=now), LifecycleKind.FAILED),
+        (ActionReassigned(action_id=action_id, action_type=ActionType.SMS, assignee_user_id=other,
+                          previous_assignee_user_id=user, reassigned_by=None, reassigned_at=now),
+         LifecycleKind.REASSIGNED),
+    ]
+    for payload, kind in expected:
+        env = Envelope.wrap(payload, source="action-queue", tenant="t1", subject=str(action_id), sequence=2)
+        got = fact_from_envelope(env)
+        assert (got.kind if got else None) is kind, payload.message_type
+    reassigned = fact_from_envelope(Envelope.wrap(expected[-1][0], source="action-queue", tenant="t1",
+                                                  subject=str(action_id), sequence=2))
+    assert reassigned is not None and reassigned.assignee == str(other)
 
 
 def test_other_message_types_are_ignored() -> None:

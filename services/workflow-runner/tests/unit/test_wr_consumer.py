@@ -103,3 +103,23 @@ async def test_batch_handler_continues_the_enrollment_and_skips_other_messages()
     assert stored.status is EnrollmentStatus.WAITING and stored.current_step_id == "c"
     assert metric("workflow_runner_actions_queued_total", type="call") == calls_before + 1
     assert metric("workflow_runner_finished_events_total", type="action_completed", result="redelivered") >= 1
+
+
+def test_intermediate_action_queue_transitions_are_passed_over() -> None:
+    # action-queue publishes every transition (decision 0012); only the ones that end an action
+    # concern the enrollment, and a reservation or a snooze must not be dead-lettered.
+    from manual_actions.contracts.messages import ActionReserved, ActionSnoozed
+
+    action_id, user = uuid.uuid4(), uuid.uuid4()
+    common = {"action_id": action_id, "action_type": ActionType.SMS, "assignee_user_id": user}
+    for sequence, payload in enumerate(
+        [
+            ActionReserved(**common, reserved_by=user, lease_expires_at=NOW, reserved_at=NOW),
+            ActionSnoozed(**common, until=NOW, snoozed_by=user, snoozed_at=NOW),
+        ],
+        start=2,
+    ):
+        envelope = Envelope.wrap(
+            payload, source="action-queue", tenant=TENANT, subject=str(action_id), sequence=sequence
+        )
+        assert to_command(delivered(envelope)) is None

@@ -91,6 +91,171 @@ class ActionDeleted(Payload):
     deleted_at: datetime
 
 
+# Every further transition of an action, published by action-queue with the next sequence number
+# after ActionQueued (1). Each carries the action's id, type and assignee *after* the transition, so
+# a consumer that only counts (the dashboard) needs no other state, and everything the transition
+# changed, so a fresh consumer can rebuild each action exactly as action-queue holds it.
+
+
+class ActionReserved(Payload):
+    """A person took the action to work on it (Let's Start), or renewed that reservation.
+
+    The reservation lapses at ``lease_expires_at`` unless renewed again (``renewed`` true).
+    """
+
+    message_type: ClassVar[str] = "ActionReserved"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    reserved_by: uuid.UUID
+    lease_expires_at: datetime
+    renewed: bool = Field(default=False, description="True when an existing reservation was extended.")
+    reserved_at: datetime
+
+
+class ActionReleased(Payload):
+    """A reservation ended without the work being done; the action is queued again.
+
+    ``reason`` is ``lease_lapsed`` (nobody renewed it in time) or ``given_back`` (the person let it go).
+    """
+
+    message_type: ClassVar[str] = "ActionReleased"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    reason: str = Field(description="lease_lapsed or given_back.")
+    released_by: uuid.UUID | None = Field(description="Who gave it back; null when the lease lapsed.")
+    released_at: datetime
+
+
+class ActionSnoozed(Payload):
+    """The action is put aside until ``until``; it is offered again from then on."""
+
+    message_type: ClassVar[str] = "ActionSnoozed"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    until: datetime
+    reason: str | None = None
+    snoozed_by: uuid.UUID | None
+    snoozed_at: datetime
+
+
+class ActionScheduled(Payload):
+    """An SMS action will be sent at ``send_at`` (chosen in ``timezone``) with ``body``."""
+
+    message_type: ClassVar[str] = "ActionScheduled"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    send_at: datetime
+    timezone: str = Field(description="IANA time zone the person chose the time in.")
+    body: str = Field(min_length=1, max_length=1600)
+    scheduled_by: uuid.UUID | None
+    scheduled_at: datetime
+
+
+class ActionRequeued(Payload):
+    """The action is queued again by the system: a snooze ended, a scheduled SMS was cancelled, or
+    sending failed (then ``last_error`` holds the reason shown to the person)."""
+
+    message_type: ClassVar[str] = "ActionRequeued"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    reason: str = Field(min_length=1)
+    last_error: str | None = None
+    requeued_by: uuid.UUID | None = None
+    requeued_at: datetime
+
+
+class ActionSmsRequested(Payload):
+    """The SMS (``body``, possibly edited) was handed to the sender as command ``command_id``."""
+
+    message_type: ClassVar[str] = "ActionSmsRequested"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    command_id: uuid.UUID
+    body: str = Field(min_length=1, max_length=1600)
+    requested_by: uuid.UUID | None
+    requested_at: datetime
+
+
+class ActionCallRequested(Payload):
+    """The call was handed to the dialer as command ``command_id``: it rings ``agent_phone`` first."""
+
+    message_type: ClassVar[str] = "ActionCallRequested"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    command_id: uuid.UUID
+    agent_phone: str = Field(pattern=E164)
+    requested_by: uuid.UUID | None
+    requested_at: datetime
+
+
+class ActionCallEnded(Payload):
+    """The call ended with Twilio's final ``call_status``; the person now records the outcome."""
+
+    message_type: ClassVar[str] = "ActionCallEnded"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    command_id: uuid.UUID
+    call_status: str
+    duration_seconds: int = Field(default=0, ge=0)
+    ended_at: datetime
+
+
+class ActionSkipped(Payload):
+    """The action will not be worked; ``reason`` says why. ``skipped_by`` is null when a check at the
+    moment of work (opt-out, do-not-disturb, invalid number, quiet hours) blocked it."""
+
+    message_type: ClassVar[str] = "ActionSkipped"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    reason: str = Field(min_length=1)
+    skipped_by: uuid.UUID | None
+    skipped_at: datetime
+
+
+class ActionReassigned(Payload):
+    """The action moved from one person's queue to another's; a reservation on it was dropped."""
+
+    message_type: ClassVar[str] = "ActionReassigned"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None = Field(description="The new assignee.")
+    previous_assignee_user_id: uuid.UUID | None
+    reassigned_by: uuid.UUID | None
+    reason: str | None = None
+    reassigned_at: datetime
+
+
+class ActionExpired(Payload):
+    """Nobody worked the action before its expiry time; it left the queue."""
+
+    message_type: ClassVar[str] = "ActionExpired"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    expired_at: datetime
+
+
+class ActionFailed(Payload):
+    """The action cannot be done at all (e.g. Twilio rejected the number for good); it left the queue."""
+
+    message_type: ClassVar[str] = "ActionFailed"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    reason: str = Field(min_length=1)
+    error_code: int | None = Field(default=None, description="Twilio error code, when Twilio gave one.")
+    failed_at: datetime
+
+
 # --- commands to the Twilio-facing services ----------------------------------------------------
 
 
@@ -229,6 +394,18 @@ ALL_MESSAGES: tuple[type[Payload], ...] = (
     ActionQueued,
     ActionCompleted,
     ActionDeleted,
+    ActionReserved,
+    ActionReleased,
+    ActionSnoozed,
+    ActionScheduled,
+    ActionRequeued,
+    ActionSmsRequested,
+    ActionCallRequested,
+    ActionCallEnded,
+    ActionSkipped,
+    ActionReassigned,
+    ActionExpired,
+    ActionFailed,
     SendSms,
     PlaceCall,
     SmsSent,

@@ -23,6 +23,7 @@ from manual_actions.contracts import ActionType, Envelope
 _MUTABLE = (
     "message", "status", "reserved_by", "lease_expires_at", "last_error", "call_status", "outcome",
     "notes", "pending_command_id", "command_sequence", "completed_at", "version", "history",
+    "snoozed_until", "send_at", "scheduled_by", "status_reason", "assignee_user_id",
 )
 
 
@@ -58,7 +59,6 @@ def _row(action: ManualAction) -> dict[str, Any]:
         "contact_id": action.contact.id,
         "contact_name": action.contact.name,
         "contact_phone": action.contact.phone,
-        "assignee_user_id": action.assignee_user_id,
         "priority": action.priority,
         "queued_at": action.queued_at,
         **_mutable(action),
@@ -99,6 +99,10 @@ def _action(row: RowMapping) -> ManualAction:
         completed_at=row["completed_at"],
         pending_command_id=row["pending_command_id"],
         command_sequence=row["command_sequence"],
+        snoozed_until=row["snoozed_until"],
+        send_at=row["send_at"],
+        scheduled_by=row["scheduled_by"],
+        status_reason=row["status_reason"],
         history=_history_from_json(row["history"]),
     )
 
@@ -147,7 +151,8 @@ class SqlActionRepository:
                 t.c.tenant_id == tenant,
                 t.c.assignee_user_id == assignee_user_id,
                 or_(t.c.status == ActionStatus.QUEUED.value,
-                    and_(t.c.status == ActionStatus.RESERVED.value, t.c.lease_expires_at <= now)),
+                    and_(t.c.status == ActionStatus.RESERVED.value, t.c.lease_expires_at <= now),
+                    and_(t.c.status == ActionStatus.SNOOZED.value, t.c.snoozed_until <= now)),
             )
             .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id)
             .limit(1)

@@ -55,6 +55,10 @@ manual_actions = Table(
     Column("notes", Text, nullable=True),
     Column("pending_command_id", Uuid, nullable=True),
     Column("command_sequence", Integer, nullable=False, server_default="0"),
+    Column("snoozed_until", DateTime(timezone=True), nullable=True),
+    Column("send_at", DateTime(timezone=True), nullable=True),
+    Column("scheduled_by", Uuid, nullable=True),
+    Column("status_reason", Text, nullable=True),
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -62,8 +66,8 @@ manual_actions = Table(
     Column("history", JSONB, nullable=False, server_default="[]"),
     CheckConstraint("action_type IN ('sms', 'call')", name="ck_manual_actions_type"),
     CheckConstraint(
-        "status IN ('queued', 'reserved', 'sending', 'calling', 'awaiting_outcome', 'completed', "
-        "'deleted')",
+        "status IN ('queued', 'reserved', 'snoozed', 'scheduled', 'sending', 'calling', "
+        "'awaiting_outcome', 'completed', 'skipped', 'expired', 'failed', 'deleted')",
         name="ck_manual_actions_status",
     ),
     # Listing: keyset pagination over (queued_at, id) within a tenant.
@@ -81,3 +85,11 @@ Index(
     manual_actions.c.queued_at,
     manual_actions.c.id,
 )
+
+# The maintenance loop's work: lapsed leases, ended snoozes and due scheduled SMS, each found by time.
+Index("ix_manual_actions_lease_due", manual_actions.c.lease_expires_at,
+      postgresql_where=manual_actions.c.status == "reserved")
+Index("ix_manual_actions_snooze_due", manual_actions.c.snoozed_until,
+      postgresql_where=manual_actions.c.status == "snoozed")
+Index("ix_manual_actions_send_due", manual_actions.c.send_at,
+      postgresql_where=manual_actions.c.status == "scheduled")

@@ -1,14 +1,15 @@
 """The manual action and its life cycle. Plain Python: no I/O, the clock is passed in.
 
-Each transition method checks the current status, changes the action, appends to ``history`` and
-returns what must be published because of it (a contract payload) or ``None``:
+Every change of an action is a lifecycle event (a contract payload on action-lifecycle). A
+transition method checks the rules, builds the event, applies it with ``apply`` and returns it; the
+caller publishes it with ``sequence = version``. ``apply`` is the only code that changes an action,
+and it is also what ``rebuild`` folds over the topic, so the state a fresh consumer rebuilds from
+the events is, by construction, the state this service stores (decision 0012).
 
-* lifecycle events (ActionCompleted, ActionDeleted) advance ``version`` by one; ``version`` is the
-  sequence number of the last lifecycle event about this action (ActionQueued from
-  workflow-runner is sequence 1), so the caller publishes the returned event with
-  ``sequence = version`` after the call;
-* commands (SendSms, PlaceCall) advance ``command_sequence`` instead, so retrying a send never
-  shifts the lifecycle numbering other services rely on.
+* ``version`` is the sequence number of the last lifecycle event about the action (ActionQueued
+  from workflow-runner is 1; each event applied here adds one);
+* commands (SendSms, PlaceCall) come with the event that records them (ActionSmsRequested,
+  ActionCallRequested) and carry ``command_sequence``, their own per-action counter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from action_queue.domain.errors import (
     InvalidField,
@@ -31,10 +33,25 @@ from manual_actions.contracts import (
     ActionDeleted,
     ActionQueued,
     ActionType,
+    Payload,
     PlaceCall,
     SendSms,
 )
-from manual_actions.contracts.messages import E164
+from manual_actions.contracts.messages import (
+    E164,
+    ActionCallEnded,
+    ActionCallRequested,
+    ActionExpired,
+    ActionFailed,
+    ActionReassigned,
+    ActionReleased,
+    ActionRequeued,
+    ActionReserved,
+    ActionScheduled,
+    ActionSkipped,
+    ActionSmsRequested,
+    ActionSnoozed,
+)
 
 DEFAULT_LEASE = timedelta(minutes=5)
 SMS_MAX_LENGTH = 1600
@@ -42,19 +59,43 @@ SMS_OUTCOME = "sent"
 OUTCOME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _E164 = re.compile(E164)
 
+RELEASE_LEASE_LAPSED = "lease_lapsed"
+RELEASE_GIVEN_BACK = "given_back"
+
+# After this many failed sends of one action's SMS it fails for good instead of going back to the
+# queue: a person has retried twice already, and a fourth try would most likely fail the same way.
+MAX_SMS_ATTEMPTS = 3
+
+LifecycleEvent = (ActionCompleted | ActionDeleted | ActionReserved | ActionReleased | ActionSnoozed
+                  | ActionScheduled | ActionRequeued | ActionSmsRequested | ActionCallRequested
+                  | ActionCallEnded | ActionSkipped | ActionReassigned | ActionExpired | ActionFailed)
+
 
 class ActionStatus(StrEnum):
     QUEUED = "queued"
     RESERVED = "reserved"
+    SNOOZED = "snoozed"
+    SCHEDULED = "scheduled"
     SENDING = "sending"
     CALLING = "calling"
     AWAITING_OUTCOME = "awaiting_outcome"
     COMPLETED = "completed"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    FAILED = "failed"
     DELETED = "deleted"
 
 
-TERMINAL = frozenset({ActionStatus.COMPLETED, ActionStatus.DELETED})
+TERMINAL = frozenset({ActionStatus.COMPLETED, ActionStatus.SKIPPED, ActionStatus.EXPIRED,
+                      ActionStatus.FAILED, ActionStatus.DELETED})
 WORKABLE = frozenset({ActionStatus.QUEUED, ActionStatus.RESERVED})
+# Statuses in which nobody is working the action right now, so it may be skipped, snoozed,
+# reassigned or expire (sending/calling wait for the Twilio-facing services first).
+IDLE = frozenset({ActionStatus.QUEUED, ActionStatus.RESERVED, ActionStatus.SNOOZED,
+                  ActionStatus.SCHEDULED})
+
+
+_E = TypeVar("_E", bound=Payload)
 
 
 def utcnow() -> datetime:
@@ -124,6 +165,10 @@ class ManualAction:
     completed_at: datetime | None = None
     pending_command_id: uuid.UUID | None = None
     command_sequence: int = 0
+    snoozed_until: datetime | None = None
+    send_at: datetime | None = None
+    scheduled_by: uuid.UUID | None = None
+    status_reason: str | None = None
     history: list[Transition] = field(default_factory=list)
 
     # --- creation --------------------------------------------------------------------------------
@@ -162,48 +207,114 @@ class ManualAction:
         return (self.status is ActionStatus.RESERVED and self.lease_expires_at is not None
                 and self.lease_expires_at > now)
 
+    def lease_lapsed(self, now: datetime) -> bool:
+        return self.status is ActionStatus.RESERVED and not self.lease_active(now)
+
+    def snooze_over(self, now: datetime) -> bool:
+        return (self.status is ActionStatus.SNOOZED and self.snoozed_until is not None
+                and self.snoozed_until <= now)
+
     def is_reservable(self, now: datetime) -> bool:
-        """Queued, or reserved with a lease that has lapsed."""
-        return self.status is ActionStatus.QUEUED or (
-            self.status is ActionStatus.RESERVED and not self.lease_active(now))
+        """Queued, snoozed until a time that has come, or reserved with a lease that has lapsed."""
+        return (self.status is ActionStatus.QUEUED or self.snooze_over(now) or self.lease_lapsed(now))
 
     # --- transitions started by people -----------------------------------------------------------
 
-    def reserve(self, user_id: uuid.UUID, now: datetime, lease: timedelta = DEFAULT_LEASE) -> None:
-        """Reserve the action to ``user_id`` until ``now + lease`` (Let's Start). No event."""
+    def reserve(self, user_id: uuid.UUID, now: datetime,
+                lease: timedelta = DEFAULT_LEASE) -> ActionReserved:
+        """Reserve the action to ``user_id`` until ``now + lease`` (Let's Start)."""
         if not self.is_reservable(now):
             if self.lease_active(now):
                 raise ReservedByAnother(self.id, self.reserved_by)
             raise InvalidTransition(self.id, self.status, "reserve")
-        self._move(ActionStatus.RESERVED, now, by=user_id, reason="reserved")
-        self.reserved_by = user_id
-        self.lease_expires_at = now + lease
+        return self._record(ActionReserved(**self._common(), reserved_by=user_id,
+                                           lease_expires_at=now + lease, reserved_at=now))
+
+    def renew_lease(self, user_id: uuid.UUID, now: datetime,
+                    lease: timedelta = DEFAULT_LEASE) -> ActionReserved:
+        """Extend the caller's own reservation to ``now + lease``, even if it lapsed meanwhile (as long
+        as nobody else took the action)."""
+        if self.status is not ActionStatus.RESERVED:
+            raise InvalidTransition(self.id, self.status, "renew the reservation of")
+        if self.reserved_by != user_id:
+            raise ReservedByAnother(self.id, self.reserved_by)
+        return self._record(ActionReserved(**self._common(), reserved_by=user_id, renewed=True,
+                                           lease_expires_at=now + lease, reserved_at=now))
+
+    def release(self, by: uuid.UUID | None, now: datetime, *, supervisor: bool = False) -> ActionReleased:
+        """Give the reservation back (the holder, or a supervisor); the action is queued again."""
+        if self.status is not ActionStatus.RESERVED:
+            raise InvalidTransition(self.id, self.status, "release")
+        if not supervisor and self.reserved_by != by and self.lease_active(now):
+            raise ReservedByAnother(self.id, self.reserved_by)
+        return self._record(ActionReleased(**self._common(), reason=RELEASE_GIVEN_BACK, released_by=by,
+                                           released_at=now))
+
+    def lapse(self, now: datetime) -> ActionReleased:
+        """The system ends a reservation whose lease ran out."""
+        if not self.lease_lapsed(now):
+            raise InvalidTransition(self.id, self.status, "release a lapsed lease of",
+                                    f"manual action {self.id} has no lapsed reservation")
+        return self._record(ActionReleased(**self._common(), reason=RELEASE_LEASE_LAPSED, released_by=None,
+                                           released_at=now))
+
+    def snooze(self, by: uuid.UUID | None, until: datetime, now: datetime, *,
+               reason: str | None = None) -> ActionSnoozed:
+        """Put the action aside until ``until`` (in the future)."""
+        self._require_idle(by, now, "snooze")
+        if until.tzinfo is None:
+            raise InvalidField("until", "until must carry a time zone offset")
+        if until <= now:
+            raise InvalidField("until", "until must be in the future")
+        return self._record(ActionSnoozed(**self._common(), until=until, reason=reason, snoozed_by=by,
+                                          snoozed_at=now))
+
+    def wake(self, now: datetime) -> ActionRequeued:
+        """The system queues a snoozed action again once its time has come."""
+        if not self.snooze_over(now):
+            raise InvalidTransition(self.id, self.status, "wake",
+                                    f"manual action {self.id} is not due to wake")
+        return self._record(ActionRequeued(**self._common(), reason="snooze ended", requeued_at=now))
+
+    def schedule_sms(self, by: uuid.UUID | None, send_at: datetime, timezone_name: str, now: datetime, *,
+                     body: str | None = None) -> ActionScheduled:
+        """Send the SMS (``body`` if edited) at ``send_at``; checks run again when it is due."""
+        self._require_type(ActionType.SMS, "schedule an SMS for")
+        self._require_workable(by, now, "schedule an SMS for")
+        if send_at <= now:
+            raise InvalidField("send_at", "send_at must be in the future; send now instead")
+        text = self._sms_text(body)
+        return self._record(ActionScheduled(**self._common(), send_at=send_at, timezone=timezone_name,
+                                            body=text, scheduled_by=by, scheduled_at=now))
+
+    def cancel_schedule(self, by: uuid.UUID | None, now: datetime) -> ActionRequeued:
+        if self.status is not ActionStatus.SCHEDULED:
+            raise InvalidTransition(self.id, self.status, "cancel the scheduled SMS of")
+        return self._record(ActionRequeued(**self._common(), reason="scheduled SMS cancelled", requeued_by=by,
+                                           requeued_at=now))
+
+    def sms_due(self, now: datetime) -> bool:
+        return self.status is ActionStatus.SCHEDULED and self.send_at is not None and self.send_at <= now
 
     def send_sms(self, by: uuid.UUID | None, command_id: uuid.UUID, *, body: str | None = None,
-                 now: datetime | None = None) -> SendSms:
+                 now: datetime | None = None) -> tuple[ActionSmsRequested, SendSms]:
         """Hand the SMS (``body`` if the person edited it, else the queued message) to the sender.
 
-        Status becomes ``sending`` until SmsSent or SmsFailed arrives.
+        Status becomes ``sending`` until SmsSent or SmsFailed arrives. A scheduled SMS is sent this
+        way when it is due (``by`` is then the person who scheduled it).
         """
         now = now or utcnow()
         self._require_type(ActionType.SMS, "send an SMS for")
-        self._require_workable(by, now, "send an SMS for")
+        if not self.sms_due(now):
+            self._require_workable(by, now, "send an SMS for")
         to = self._contact_phone()
-        text = (body if body is not None else self.message or "").strip()
-        if not text:
-            raise InvalidField("body", "the SMS has no text: the action has no message and no body was given")
-        if len(text) > SMS_MAX_LENGTH:
-            raise InvalidField("body", f"an SMS may hold at most {SMS_MAX_LENGTH} characters, "
-                                       f"got {len(text)}")
-        self._move(ActionStatus.SENDING, now, by=by, reason="SMS handed to the sender")
-        self.message = text
-        self.last_error = None
-        self.pending_command_id = command_id
-        self.command_sequence += 1
-        return SendSms(command_id=command_id, action_id=self.id, to=to, body=text, requested_by=by)
+        text = self._sms_text(body)
+        event = self._record(ActionSmsRequested(**self._common(), command_id=command_id, body=text,
+                                                requested_by=by, requested_at=now))
+        return event, SendSms(command_id=command_id, action_id=self.id, to=to, body=text, requested_by=by)
 
     def place_call(self, by: uuid.UUID | None, command_id: uuid.UUID, *, agent_phone: str | None,
-                   now: datetime | None = None) -> PlaceCall:
+                   now: datetime | None = None) -> tuple[ActionCallRequested, PlaceCall]:
         """Ask the dialer to ring ``agent_phone`` and bridge to the contact; status becomes ``calling``."""
         now = now or utcnow()
         self._require_type(ActionType.CALL, "place a call for")
@@ -213,13 +324,10 @@ class ManualAction:
             raise InvalidField("agent_phone", "agent_phone is required: no phone is known for the assignee")
         if not _E164.match(agent_phone):
             raise InvalidField("agent_phone", "agent_phone must be an E.164 number such as +14155550100")
-        self._move(ActionStatus.CALLING, now, by=by, reason="call handed to the dialer")
-        self.last_error = None
-        self.call_status = None
-        self.pending_command_id = command_id
-        self.command_sequence += 1
-        return PlaceCall(command_id=command_id, action_id=self.id, to=to, agent_phone=agent_phone,
-                         requested_by=by)
+        event = self._record(ActionCallRequested(**self._common(), command_id=command_id,
+                                                 agent_phone=agent_phone, requested_by=by, requested_at=now))
+        return event, PlaceCall(command_id=command_id, action_id=self.id, to=to, agent_phone=agent_phone,
+                                requested_by=by)
 
     def complete(self, outcome: str, by: uuid.UUID | None, *, notes: str | None = None,
                  now: datetime | None = None) -> ActionCompleted:
@@ -234,7 +342,35 @@ class ManualAction:
         if not OUTCOME_PATTERN.match(outcome):
             raise InvalidField("outcome", "outcome must be a lower-case word such as connected, no_answer, "
                                           "voicemail or busy")
-        return self._finish(outcome, by, notes, now, reason=f"outcome {outcome}")
+        return self._completed(outcome, by, notes, now)
+
+    def skip(self, by: uuid.UUID | None, reason: str, now: datetime) -> ActionSkipped:
+        """The action will not be worked (a person's choice, or ``by=None`` when a check blocked it)."""
+        if by is not None:
+            self._require_idle(by, now, "skip")
+        elif self.status not in IDLE:
+            raise InvalidTransition(self.id, self.status, "skip")
+        if not reason.strip():
+            raise InvalidField("reason", "a reason is required to skip an action")
+        return self._record(ActionSkipped(**self._common(), reason=reason.strip(), skipped_by=by,
+                                          skipped_at=now))
+
+    def reassign(self, by: uuid.UUID | None, to: uuid.UUID, now: datetime, *,
+                 reason: str | None = None) -> ActionReassigned | None:
+        """Move the action to ``to``'s queue (dropping any reservation); None if it is theirs already."""
+        if self.status not in IDLE:
+            raise InvalidTransition(self.id, self.status, "reassign")
+        if self.assignee_user_id == to:
+            return None
+        return self._record(ActionReassigned(action_id=self.id, action_type=self.type, assignee_user_id=to,
+                                             previous_assignee_user_id=self.assignee_user_id,
+                                             reassigned_by=by, reason=reason, reassigned_at=now))
+
+    def expire(self, now: datetime) -> ActionExpired:
+        """Nobody worked it in time: the action leaves the queue."""
+        if self.status not in IDLE:
+            raise InvalidTransition(self.id, self.status, "expire")
+        return self._record(ActionExpired(**self._common(), expired_at=now))
 
     def delete(self, by: uuid.UUID | None, *, reason: str | None = None,
                now: datetime | None = None) -> ActionDeleted:
@@ -242,60 +378,170 @@ class ManualAction:
         now = now or utcnow()
         if self.is_terminal:
             raise InvalidTransition(self.id, self.status, "delete")
-        self._move(ActionStatus.DELETED, now, by=by, reason=reason or "deleted")
-        self._release()
-        self.pending_command_id = None
-        self.completed_at = now
-        self.version += 1
-        return ActionDeleted(action_id=self.id, action_type=self.type, enrollment_id=self.enrollment_id,
-                             step_id=self.step_id, assignee_user_id=self.assignee_user_id, deleted_by=by,
-                             reason=reason, deleted_at=now)
+        return self._record(ActionDeleted(action_id=self.id, action_type=self.type,
+                                          enrollment_id=self.enrollment_id, step_id=self.step_id,
+                                          assignee_user_id=self.assignee_user_id, deleted_by=by,
+                                          reason=reason, deleted_at=now))
 
     # --- transitions reported by the Twilio-facing services --------------------------------------
 
     def sms_sent(self, command_id: uuid.UUID, at: datetime) -> ActionCompleted:
         """The sender reports our SMS sent: the action completes with outcome ``sent``."""
         self._require_pending(command_id, ActionStatus.SENDING, "SmsSent")
-        return self._finish(SMS_OUTCOME, None, None, at, reason="SMS sent")
+        return self._completed(SMS_OUTCOME, None, None, at)
 
-    def sms_failed(self, command_id: uuid.UUID, reason: str, at: datetime) -> None:
-        """The SMS could not be sent: back to ``queued`` with the reason in ``last_error``."""
+    def sms_failed(self, command_id: uuid.UUID, reason: str, at: datetime, *,
+                   error_code: int | None = None) -> ActionRequeued | ActionFailed:
+        """The SMS could not be sent: back to ``queued`` with the reason in ``last_error`` (a person may
+        retry) — or ``failed`` once ``MAX_SMS_ATTEMPTS`` sends have failed."""
         self._require_pending(command_id, ActionStatus.SENDING, "SmsFailed")
-        self._move(ActionStatus.QUEUED, at, reason=f"SMS failed: {reason}")
-        self._release()
-        self.pending_command_id = None
-        self.last_error = reason
+        if self.command_sequence >= MAX_SMS_ATTEMPTS:
+            return self._record(ActionFailed(**self._common(), reason=reason, error_code=error_code,
+                                             failed_at=at))
+        return self._record(ActionRequeued(**self._common(), reason=f"SMS failed: {reason}",
+                                           last_error=reason, requeued_at=at))
 
-    def call_completed(self, command_id: uuid.UUID, call_status: str, at: datetime) -> None:
+    def call_completed(self, command_id: uuid.UUID, call_status: str, at: datetime, *,
+                       duration_seconds: int = 0) -> ActionCallEnded:
         """The call ended: keep Twilio's final status and wait for the person to record the outcome."""
         self._require_pending(command_id, ActionStatus.CALLING, "CallCompleted")
-        self._move(ActionStatus.AWAITING_OUTCOME, at, reason=f"call ended: {call_status}")
-        self.call_status = call_status
-        self.pending_command_id = None
+        return self._record(ActionCallEnded(**self._common(), command_id=command_id, call_status=call_status,
+                                            duration_seconds=duration_seconds, ended_at=at))
+
+    # --- applying events (the only place state changes) --------------------------------------------
+
+    def apply(self, event: Payload) -> None:
+        """Apply one lifecycle event published about this action (by this service or read back from
+        the topic) and advance ``version`` by one. The caller checks the sequence."""
+        if isinstance(event, ActionReserved):
+            self._move(ActionStatus.RESERVED, event.reserved_at, event.reserved_by,
+                       "lease renewed" if event.renewed else "reserved")
+            self.reserved_by = event.reserved_by
+            self.lease_expires_at = event.lease_expires_at
+            self.snoozed_until = None
+            self.status_reason = None
+        elif isinstance(event, ActionReleased):
+            self._move(ActionStatus.QUEUED, event.released_at, event.released_by, f"released: {event.reason}")
+            self._release()
+            self.status_reason = event.reason
+        elif isinstance(event, ActionSnoozed):
+            why = f"snoozed until {event.until.isoformat()}" + (f": {event.reason}" if event.reason else "")
+            self._move(ActionStatus.SNOOZED, event.snoozed_at, event.snoozed_by, why)
+            self._release()
+            self.snoozed_until = event.until
+            self.status_reason = event.reason
+        elif isinstance(event, ActionScheduled):
+            self._move(ActionStatus.SCHEDULED, event.scheduled_at, event.scheduled_by,
+                       f"SMS scheduled for {event.send_at.isoformat()} ({event.timezone})")
+            self._release()
+            self.message = event.body
+            self.send_at = event.send_at
+            self.scheduled_by = event.scheduled_by
+            self.status_reason = None
+        elif isinstance(event, ActionRequeued):
+            self._move(ActionStatus.QUEUED, event.requeued_at, event.requeued_by, event.reason)
+            self._release()
+            self._clear_waiting()
+            self.pending_command_id = None
+            if event.last_error is not None:
+                self.last_error = event.last_error
+            self.status_reason = event.reason
+        elif isinstance(event, ActionSmsRequested):
+            self._move(ActionStatus.SENDING, event.requested_at, event.requested_by,
+                       "SMS handed to the sender")
+            self._clear_waiting()
+            self.message = event.body
+            self.last_error = None
+            self.status_reason = None
+            self.pending_command_id = event.command_id
+            self.command_sequence += 1
+        elif isinstance(event, ActionCallRequested):
+            self._move(ActionStatus.CALLING, event.requested_at, event.requested_by,
+                       "call handed to the dialer")
+            self.last_error = None
+            self.call_status = None
+            self.status_reason = None
+            self.pending_command_id = event.command_id
+            self.command_sequence += 1
+        elif isinstance(event, ActionCallEnded):
+            self._move(ActionStatus.AWAITING_OUTCOME, event.ended_at, None,
+                       f"call ended: {event.call_status}")
+            self.call_status = event.call_status
+            self.pending_command_id = None
+        elif isinstance(event, ActionReassigned):
+            to = ActionStatus.QUEUED if self.status is ActionStatus.RESERVED else self.status
+            why = f"reassigned from {event.previous_assignee_user_id} to {event.assignee_user_id}"
+            if event.reason:
+                why += f": {event.reason}"
+            self._move(to, event.reassigned_at, event.reassigned_by, why)
+            self._release()
+            self.assignee_user_id = event.assignee_user_id
+        elif isinstance(event, ActionCompleted):
+            self._end(ActionStatus.COMPLETED, event.completed_at, event.completed_by,
+                      f"outcome {event.outcome}")
+            self.outcome = event.outcome
+            self.notes = event.notes
+        elif isinstance(event, ActionSkipped):
+            self._end(ActionStatus.SKIPPED, event.skipped_at, event.skipped_by, f"skipped: {event.reason}")
+            self.status_reason = event.reason
+        elif isinstance(event, ActionExpired):
+            self._end(ActionStatus.EXPIRED, event.expired_at, None, "expired")
+            self.status_reason = "expired"
+        elif isinstance(event, ActionFailed):
+            self._end(ActionStatus.FAILED, event.failed_at, None, f"failed: {event.reason}")
+            self.last_error = event.reason
+            self.status_reason = event.reason
+        elif isinstance(event, ActionDeleted):
+            self._end(ActionStatus.DELETED, event.deleted_at, event.deleted_by, event.reason or "deleted")
+            self.status_reason = event.reason
+        else:
+            raise TypeError(f"{type(event).__name__} is not a lifecycle event that changes an action")
+        self.version += 1
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _move(self, to: ActionStatus, at: datetime, *, by: uuid.UUID | None = None,
-              reason: str | None = None) -> None:
+    def _record(self, event: _E) -> _E:
+        self.apply(event)
+        return event
+
+    def _common(self) -> dict[str, Any]:
+        return {"action_id": self.id, "action_type": self.type, "assignee_user_id": self.assignee_user_id}
+
+    def _move(self, to: ActionStatus, at: datetime, by: uuid.UUID | None, reason: str | None) -> None:
         self.history.append(Transition(at=at, from_status=self.status, to_status=to, by=by, reason=reason))
         self.status = to
+
+    def _end(self, to: ActionStatus, at: datetime, by: uuid.UUID | None, reason: str) -> None:
+        self._move(to, at, by, reason)
+        self._release()
+        self._clear_waiting()
+        self.pending_command_id = None
+        self.completed_at = at
 
     def _release(self) -> None:
         self.reserved_by = None
         self.lease_expires_at = None
 
-    def _finish(self, outcome: str, by: uuid.UUID | None, notes: str | None, at: datetime,
-                reason: str) -> ActionCompleted:
-        self._move(ActionStatus.COMPLETED, at, by=by, reason=reason)
-        self._release()
-        self.pending_command_id = None
-        self.outcome = outcome
-        self.notes = notes
-        self.completed_at = at
-        self.version += 1
-        return ActionCompleted(action_id=self.id, action_type=self.type, enrollment_id=self.enrollment_id,
-                               step_id=self.step_id, assignee_user_id=self.assignee_user_id,
-                               outcome=outcome, notes=notes, completed_by=by, completed_at=at)
+    def _clear_waiting(self) -> None:
+        self.snoozed_until = None
+        self.send_at = None
+        self.scheduled_by = None
+
+    def _completed(self, outcome: str, by: uuid.UUID | None, notes: str | None,
+                   at: datetime) -> ActionCompleted:
+        return self._record(ActionCompleted(action_id=self.id, action_type=self.type,
+                                            enrollment_id=self.enrollment_id, step_id=self.step_id,
+                                            assignee_user_id=self.assignee_user_id, outcome=outcome,
+                                            notes=notes, completed_by=by, completed_at=at))
+
+    def _sms_text(self, body: str | None) -> str:
+        text = (body if body is not None else self.message or "").strip()
+        if not text:
+            raise InvalidField("body", "the SMS has no text: the action has no message and no body was given")
+        if len(text) > SMS_MAX_LENGTH:
+            raise InvalidField("body",
+                               f"an SMS may hold at most {SMS_MAX_LENGTH} characters, got {len(text)}")
+        return text
 
     def _require_type(self, expected: ActionType, attempted: str) -> None:
         if self.type is not expected:
@@ -304,6 +550,12 @@ class ManualAction:
 
     def _require_workable(self, by: uuid.UUID | None, now: datetime, attempted: str) -> None:
         if self.status not in WORKABLE:
+            raise InvalidTransition(self.id, self.status, attempted)
+        if self.lease_active(now) and self.reserved_by != by:
+            raise ReservedByAnother(self.id, self.reserved_by)
+
+    def _require_idle(self, by: uuid.UUID | None, now: datetime, attempted: str) -> None:
+        if self.status not in IDLE:
             raise InvalidTransition(self.id, self.status, attempted)
         if self.lease_active(now) and self.reserved_by != by:
             raise ReservedByAnother(self.id, self.reserved_by)

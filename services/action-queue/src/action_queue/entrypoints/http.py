@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from sqlalchemy import text
@@ -37,7 +38,11 @@ from action_queue.entrypoints.schemas import (
     ActionView,
     CompleteRequest,
     PlaceCallRequest,
+    ReassignRequest,
+    ScheduleSmsRequest,
     SendSmsRequest,
+    SkipRequest,
+    SnoozeRequest,
 )
 from action_queue.handlers import queue
 from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWorkFactory
@@ -203,6 +208,80 @@ async def delete(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep,
                  reason: Annotated[str | None, Query(max_length=500)] = None) -> ActionDetail:
     with _as_problem():
         action = await queue.delete_action(ctx.uow(), actor, action_id, reason=reason, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/lease", response_model=ActionDetail,
+             summary="Renew my reservation of the action for another lease period")
+async def renew_lease(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.renew_lease(ctx.uow(), actor, action_id, now=ctx.clock(), lease=ctx.lease)
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/release", response_model=ActionDetail,
+             summary="Give my reservation back; the action is queued again")
+async def release(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.release(ctx.uow(), actor, action_id, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/skip", response_model=ActionDetail,
+             summary="Skip the action with a reason; it will not be worked")
+async def skip(action_id: uuid.UUID, payload: SkipRequest, actor: ActorDep, ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.skip(ctx.uow(), actor, action_id, reason=payload.reason, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/snooze", response_model=ActionDetail,
+             summary="Put the action aside until a time")
+async def snooze(action_id: uuid.UUID, payload: SnoozeRequest, actor: ActorDep,
+                 ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.snooze(ctx.uow(), actor, action_id, until=payload.until, reason=payload.reason,
+                                    now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.post("/actions/{action_id}/reassign", response_model=ActionDetail,
+             summary="Move the action to another person's queue (managers and admins)")
+async def reassign(action_id: uuid.UUID, payload: ReassignRequest, actor: ActorDep,
+                   ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.reassign(ctx.uow(), actor, action_id, to=payload.assignee_user_id,
+                                      reason=payload.reason, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+def _instant(value: datetime, zone_name: str) -> datetime:
+    """``value`` as an instant: kept if it has an offset, else read as wall time in ``zone_name``."""
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        message = f"unknown IANA time zone {zone_name!r}"
+        raise problem(422, "Invalid field", message, field="body.timezone",
+                      errors=[{"field": "body.timezone", "message": message}]) from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=zone)
+
+
+@router.post("/actions/{action_id}/schedule-sms", response_model=ActionDetail,
+             summary="Send the SMS (optionally edited) later, at a time in the contact's or user's time zone")
+async def schedule_sms(action_id: uuid.UUID, payload: ScheduleSmsRequest, actor: ActorDep,
+                       ctx: ContextDep) -> ActionDetail:
+    send_at = _instant(payload.send_at, payload.timezone)
+    with _as_problem():
+        action = await queue.schedule_sms(ctx.uow(), actor, action_id, send_at=send_at,
+                                          timezone_name=payload.timezone, body=payload.body, now=ctx.clock())
+    return ActionDetail.of(action)
+
+
+@router.delete("/actions/{action_id}/schedule", response_model=ActionDetail,
+               summary="Cancel a scheduled SMS; the action is queued again")
+async def cancel_schedule(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> ActionDetail:
+    with _as_problem():
+        action = await queue.cancel_schedule(ctx.uow(), actor, action_id, now=ctx.clock())
     return ActionDetail.of(action)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.model import OUTCOME_PATTERN, SMS_MAX_LENGTH
@@ -52,6 +52,11 @@ class ActionView(BaseModel):
     notes: str | None
     queued_at: datetime
     completed_at: datetime | None
+    snoozed_until: datetime | None = Field(description="Offered again from this time (status snoozed).")
+    send_at: datetime | None = Field(description="When the scheduled SMS goes out (status scheduled).")
+    status_reason: str | None = Field(
+        description="Why the action is in its status: the skip reason (also a blocked check), the snooze "
+                    "reason, why it was released, requeued, deleted or failed.")
     version: int = Field(description="Sequence number of the last lifecycle event about this action.")
 
     @classmethod
@@ -82,7 +87,8 @@ def _fields(action: ManualAction) -> dict[str, object]:
         "reserved_by": action.reserved_by, "lease_expires_at": action.lease_expires_at,
         "last_error": action.last_error, "call_status": action.call_status, "outcome": action.outcome,
         "notes": action.notes, "queued_at": action.queued_at, "completed_at": action.completed_at,
-        "version": action.version,
+        "snoozed_until": action.snoozed_until, "send_at": action.send_at,
+        "status_reason": action.status_reason, "version": action.version,
     }
 
 
@@ -111,3 +117,33 @@ class CompleteRequest(BaseModel):
     outcome: str = Field(pattern=OUTCOME_PATTERN.pattern,
                          description="How the call went: connected, no_answer, voicemail, busy...")
     notes: str | None = Field(default=None, max_length=4000)
+
+
+class SkipRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, description="Why the action will not be worked.")
+
+
+class SnoozeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    until: AwareDatetime = Field(description="When to offer the action again (with a UTC offset).")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ReassignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assignee_user_id: uuid.UUID
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ScheduleSmsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    send_at: datetime = Field(description="When to send: local wall time in ``timezone`` (no offset), or an "
+                                          "instant with a UTC offset.")
+    timezone: str = Field(default="UTC", min_length=1, max_length=64,
+                          description="IANA time zone of ``send_at`` (the contact's or the user's).")
+    body: str | None = Field(default=None, min_length=1, max_length=SMS_MAX_LENGTH)

@@ -17,11 +17,10 @@ from action_queue.domain import DomainError, ManualAction, StaleResult
 from action_queue.handlers.ports import UnitOfWork
 from action_queue.handlers.publishing import SOURCE, publish
 from manual_actions.contracts import (
-    ActionCompleted,
-    ActionDeleted,
     ActionQueued,
     CallCompleted,
     Envelope,
+    Payload,
     SmsFailed,
     SmsSent,
 )
@@ -46,7 +45,8 @@ async def apply_batch(uow: UnitOfWork, envelopes: Iterable[Envelope[Any]]) -> No
 
 async def apply(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
     """Apply one message inside the caller's unit of work (no commit)."""
-    if envelope.source == SOURCE and isinstance(envelope.data, ActionCompleted | ActionDeleted):
+    own = envelope.source == SOURCE and envelope.data.kind == "event"
+    if own and not isinstance(envelope.data, ActionQueued):
         # We read our own lifecycle events back from action-lifecycle; the state is already ours.
         metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="own_event").inc()
         return
@@ -54,7 +54,7 @@ async def apply(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
     if handler is None:
         raise UnprocessableMessage(
             f"action-queue does not accept {envelope.type} from {envelope.source}: it is the only "
-            "writer of action completions and deletions")
+            "writer of an action's transitions after ActionQueued")
     if not await uow.first_time_seen(CONSUMER, envelope.id):
         metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="redelivered").inc()
         return
@@ -97,33 +97,39 @@ async def on_sms_sent(uow: UnitOfWork, envelope: Envelope[SmsSent]) -> None:
     except StaleResult as exc:
         _stale(envelope, exc)
         return
+    await _save_and_publish(uow, action, event, envelope)
+
+
+async def _save_and_publish(uow: UnitOfWork, action: ManualAction, event: Payload,
+                            envelope: Envelope[Any]) -> None:
     await uow.actions.save(action)
     await publish(uow, action, event, causation_id=envelope.id)
     metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
 
 
 async def on_sms_failed(uow: UnitOfWork, envelope: Envelope[SmsFailed]) -> None:
-    """The SMS failed: the action is queued again with ``last_error`` = the reason."""
+    """The SMS failed: the action is queued again with ``last_error`` = the reason (ActionRequeued), or
+    fails for good when Twilio's error code says a retry cannot succeed (ActionFailed)."""
     action = await _load_for_result(uow, envelope)
     try:
-        action.sms_failed(envelope.data.command_id, envelope.data.reason, envelope.data.failed_at)
+        event = action.sms_failed(envelope.data.command_id, envelope.data.reason, envelope.data.failed_at,
+                                  error_code=envelope.data.error_code)
     except StaleResult as exc:
         _stale(envelope, exc)
         return
-    await uow.actions.save(action)
-    metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+    await _save_and_publish(uow, action, event, envelope)
 
 
 async def on_call_completed(uow: UnitOfWork, envelope: Envelope[CallCompleted]) -> None:
     """The call ended: keep its status and wait for the person to record the outcome."""
     action = await _load_for_result(uow, envelope)
     try:
-        action.call_completed(envelope.data.command_id, envelope.data.call_status, envelope.data.ended_at)
+        event = action.call_completed(envelope.data.command_id, envelope.data.call_status,
+                                      envelope.data.ended_at, duration_seconds=envelope.data.duration_seconds)
     except StaleResult as exc:
         _stale(envelope, exc)
         return
-    await uow.actions.save(action)
-    metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+    await _save_and_publish(uow, action, event, envelope)
 
 
 Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]

@@ -7,24 +7,20 @@ import uuid
 from action_queue import metrics
 from action_queue.domain import ManualAction
 from action_queue.handlers.ports import UnitOfWork
-from manual_actions.contracts import (
-    ActionCompleted,
-    ActionDeleted,
-    Envelope,
-    Payload,
-    PlaceCall,
-    SendSms,
-)
+from manual_actions.contracts import Envelope, Payload, PlaceCall, SendSms
 from manual_actions.contracts.topics import ACTION_LIFECYCLE, CALL_COMMANDS, SMS_COMMANDS
 
 SOURCE = "action-queue"
 
-TOPICS: dict[type[Payload], str] = {
-    ActionCompleted: ACTION_LIFECYCLE,
-    ActionDeleted: ACTION_LIFECYCLE,
+# Commands go to the Twilio-facing services; every event of ours is a lifecycle event.
+COMMAND_TOPICS: dict[type[Payload], str] = {
     SendSms: SMS_COMMANDS,
     PlaceCall: CALL_COMMANDS,
 }
+
+
+def topic_of(payload: Payload) -> str:
+    return COMMAND_TOPICS[type(payload)] if payload.kind == "command" else ACTION_LIFECYCLE
 
 
 def envelope_for(action: ManualAction, payload: Payload,
@@ -42,9 +38,10 @@ def envelope_for(action: ManualAction, payload: Payload,
 
 async def publish(uow: UnitOfWork, action: ManualAction, payload: Payload,
                   causation_id: uuid.UUID | None = None) -> Envelope[Payload]:
-    """Stage ``payload`` in the unit of work's outbox on its topic."""
+    """Stage ``payload`` in the unit of work's outbox on its topic. Publish each lifecycle event right
+    after the transition that returned it, before the next one, so it carries its own sequence."""
     envelope = envelope_for(action, payload, causation_id)
-    await uow.publish(TOPICS[type(payload)], envelope)
+    await uow.publish(topic_of(payload), envelope)
     counter = metrics.COMMANDS_ISSUED if payload.kind == "command" else metrics.LIFECYCLE_EVENTS
     counter.labels(type=payload.message_type).inc()
     return envelope

@@ -8,7 +8,7 @@ admin) on every action of their tenant; anything else is reported as not found.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -19,10 +19,12 @@ from action_queue.domain import (
     ActionStatus,
     Actor,
     ManualAction,
+    NotAllowed,
     require_user,
 )
 from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWork
 from action_queue.handlers.publishing import publish
+from manual_actions.contracts import Payload
 
 # What a list shows when no status filter is given: everything except deleted actions.
 DEFAULT_LIST_STATUSES: tuple[ActionStatus, ...] = tuple(
@@ -68,66 +70,114 @@ async def list_actions(uow: UnitOfWork, actor: Actor, filters: ActionFilter, *, 
 
 async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
                        lease: timedelta = DEFAULT_LEASE) -> ManualAction | None:
-    """Let's Start: reserve the caller's next queued action (priority desc, queued_at, id) for
-    ``lease``. None when nothing is available. Each call reserves a further action; an action whose
-    lease lapsed is available again."""
+    """Let's Start: reserve the caller's next action (priority desc, queued_at, id) for ``lease`` and
+    publish ActionReserved. None when nothing is available. Each call reserves a further action; an
+    action whose lease lapsed or whose snooze ended is available again."""
     user_id = require_user(actor)
     async with uow:
         action = await uow.actions.next_reservable(actor.tenant, user_id, now)
         if action is None:
             metrics.RESERVATIONS.labels(result="empty").inc()
             return None
-        action.reserve(user_id, now, lease)
+        event = action.reserve(user_id, now, lease)
         await uow.actions.save(action)
+        await publish(uow, action, event)
         await uow.commit()
     metrics.RESERVATIONS.labels(result="reserved").inc()
     return action
 
 
-async def send_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, body: str | None,
-                   now: datetime) -> ManualAction:
-    """Status ``sending`` and a SendSms command (new command id) on sms-commands, in one transaction."""
+Change = Callable[[ManualAction], Sequence[Payload | None]]
+
+
+async def _change(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, change: Change) -> ManualAction:
+    """Lock the action, run ``change`` (a domain transition returning what it publishes, in order),
+    save it and stage its messages, all in one transaction."""
     async with uow:
         action = await _load(uow, actor, action_id, for_update=True)
-        command = action.send_sms(actor.user_id, uuid.uuid4(), body=body, now=now)
-        await uow.actions.save(action)
-        await publish(uow, action, command)
-        await uow.commit()
+        messages = [m for m in change(action) if m is not None]
+        if messages:
+            await uow.actions.save(action)
+            for message in messages:
+                await publish(uow, action, message)
+            await uow.commit()
     return action
+
+
+def _require_supervisor(actor: Actor, attempted: str) -> None:
+    if not actor.supervisor:
+        raise NotAllowed(f"only managers and admins may {attempted}")
+
+
+async def send_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, body: str | None,
+                   now: datetime) -> ManualAction:
+    """Status ``sending``: ActionSmsRequested and a SendSms command (new command id), in one transaction."""
+    return await _change(uow, actor, action_id,
+                         lambda a: a.send_sms(actor.user_id, uuid.uuid4(), body=body, now=now))
 
 
 async def place_call(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, agent_phone: str | None,
                      now: datetime) -> ManualAction:
-    """Status ``calling`` and a PlaceCall command on call-commands, in one transaction."""
-    async with uow:
-        action = await _load(uow, actor, action_id, for_update=True)
-        command = action.place_call(actor.user_id, uuid.uuid4(), agent_phone=agent_phone, now=now)
-        await uow.actions.save(action)
-        await publish(uow, action, command)
-        await uow.commit()
-    return action
+    """Status ``calling``: ActionCallRequested and a PlaceCall command, in one transaction."""
+    return await _change(uow, actor, action_id,
+                         lambda a: a.place_call(actor.user_id, uuid.uuid4(), agent_phone=agent_phone,
+                                                now=now))
 
 
 async def complete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, outcome: str,
                           notes: str | None, now: datetime) -> ManualAction:
     """Record a call's outcome: status ``completed`` and ActionCompleted on action-lifecycle."""
-    async with uow:
-        action = await _load(uow, actor, action_id, for_update=True)
-        event = action.complete(outcome, actor.user_id, notes=notes, now=now)
-        await uow.actions.save(action)
-        await publish(uow, action, event)
-        await uow.commit()
-    return action
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.complete(outcome, actor.user_id, notes=notes, now=now)])
 
 
 async def delete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, reason: str | None,
                         now: datetime) -> ManualAction:
     """The trash icon: status ``deleted`` and ActionDeleted on action-lifecycle. Allowed to the
     assignee and to supervisors (``_load`` hides the action from anyone else)."""
-    async with uow:
-        action = await _load(uow, actor, action_id, for_update=True)
-        event = action.delete(actor.user_id, reason=reason, now=now)
-        await uow.actions.save(action)
-        await publish(uow, action, event)
-        await uow.commit()
-    return action
+    return await _change(uow, actor, action_id, lambda a: [a.delete(actor.user_id, reason=reason, now=now)])
+
+
+async def renew_lease(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, now: datetime,
+                      lease: timedelta = DEFAULT_LEASE) -> ManualAction:
+    """Extend the caller's reservation (ActionReserved with ``renewed``)."""
+    user_id = require_user(actor)
+    return await _change(uow, actor, action_id, lambda a: [a.renew_lease(user_id, now, lease)])
+
+
+async def release(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, now: datetime) -> ManualAction:
+    """Give a reservation back (the holder; supervisors may release anyone's)."""
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.release(actor.user_id, now, supervisor=actor.supervisor)])
+
+
+async def skip(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, reason: str,
+               now: datetime) -> ManualAction:
+    """The person will not work this action; ActionSkipped with their reason."""
+    user_id = require_user(actor)
+    return await _change(uow, actor, action_id, lambda a: [a.skip(user_id, reason, now)])
+
+
+async def snooze(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, until: datetime,
+                 reason: str | None, now: datetime) -> ManualAction:
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.snooze(actor.user_id, until, now, reason=reason)])
+
+
+async def reassign(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, to: uuid.UUID,
+                   reason: str | None, now: datetime) -> ManualAction:
+    """Managers and admins move an action to another person's queue."""
+    _require_supervisor(actor, "reassign actions")
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.reassign(actor.user_id, to, now, reason=reason)])
+
+
+async def schedule_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, send_at: datetime,
+                       timezone_name: str, body: str | None, now: datetime) -> ManualAction:
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.schedule_sms(actor.user_id, send_at, timezone_name, now, body=body)])
+
+
+async def cancel_schedule(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *,
+                          now: datetime) -> ManualAction:
+    return await _change(uow, actor, action_id, lambda a: [a.cancel_schedule(actor.user_id, now)])

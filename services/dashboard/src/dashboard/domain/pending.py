@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionQueued, ActionType, Envelope
+from manual_actions.contracts.messages import ActionExpired, ActionFailed, ActionReassigned, ActionSkipped
 
 # Offsets of one action whose deltas are kept for redelivery. Only messages after the last
 # committed offset can be redelivered, and an action has one ActionQueued and one terminal event in
@@ -44,6 +45,21 @@ class LifecycleKind(StrEnum):
     QUEUED = "queued"
     COMPLETED = "completed"
     DELETED = "deleted"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    REASSIGNED = "reassigned"
+
+
+# Lifecycle events after which an action is no longer pending. Every other transition (reserved,
+# snoozed, scheduled, sending, ...) leaves an action pending, so the counter ignores those events.
+_ENDING: dict[type[Any], LifecycleKind] = {
+    ActionCompleted: LifecycleKind.COMPLETED,
+    ActionDeleted: LifecycleKind.DELETED,
+    ActionSkipped: LifecycleKind.SKIPPED,
+    ActionExpired: LifecycleKind.EXPIRED,
+    ActionFailed: LifecycleKind.FAILED,
+}
 
 
 @dataclass(frozen=True)
@@ -71,10 +87,10 @@ def fact_from_envelope(envelope: Envelope[Any]) -> LifecycleFact | None:
     data = envelope.data
     if isinstance(data, ActionQueued):
         kind = LifecycleKind.QUEUED
-    elif isinstance(data, ActionCompleted):
-        kind = LifecycleKind.COMPLETED
-    elif isinstance(data, ActionDeleted):
-        kind = LifecycleKind.DELETED
+    elif isinstance(data, ActionReassigned):
+        kind = LifecycleKind.REASSIGNED
+    elif type(data) in _ENDING:
+        kind = _ENDING[type(data)]
     else:
         return None
     return LifecycleFact(
@@ -202,8 +218,11 @@ def count_lifecycle_event(
     * Sequence not newer than ``last_sequence``: no effect (duplicates, replays, late arrivals).
     * ActionQueued: the action becomes pending, ``+1`` for its type and assignee (if it was already
       pending under another type or assignee, the count moves: ``-1`` old, ``+1`` new).
-    * ActionCompleted / ActionDeleted: a pending action stops being pending, ``-1`` for the type and
-      assignee it was counted under; an action that was not pending changes no count.
+    * ActionReassigned: a pending action's count moves to the new assignee (``-1`` old, ``+1`` new);
+      an action that was not pending changes no count.
+    * ActionCompleted / ActionDeleted / ActionSkipped / ActionExpired / ActionFailed: a pending
+      action stops being pending, ``-1`` for the type and assignee it was counted under; an action
+      that was not pending changes no count.
 
     Raises TenantMismatch when the event's tenant differs from the action's.
     """
@@ -230,6 +249,11 @@ def count_lifecycle_event(
             changes.append(CountChange(counted.action_type, counted.assignee, -1))
             changes.append(CountChange(fact.action_type, fact.assignee, +1))
         action_type, assignee, pending = fact.action_type, fact.assignee, True
+    elif fact.kind is LifecycleKind.REASSIGNED:
+        if counted is not None and counted.assignee != fact.assignee:
+            changes.append(CountChange(counted.action_type, counted.assignee, -1))
+            changes.append(CountChange(counted.action_type, fact.assignee, +1))
+        action_type, assignee, pending = fact.action_type, fact.assignee, counted is not None
     else:
         if counted is not None:
             changes.append(CountChange(counted.action_type, counted.assignee, -1))
