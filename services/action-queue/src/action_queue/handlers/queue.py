@@ -141,8 +141,8 @@ async def delete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, 
 async def renew_lease(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, now: datetime,
                       lease: timedelta = DEFAULT_LEASE) -> ManualAction:
     """Extend the caller's reservation (ActionReserved with ``renewed``)."""
-    user_id = require_user(actor)
-    return await _change(uow, actor, action_id, lambda a: [a.renew_lease(user_id, now, lease)])
+    # require_user inside the change: an action the caller may not see answers 404 first
+    return await _change(uow, actor, action_id, lambda a: [a.renew_lease(require_user(actor), now, lease)])
 
 
 async def release(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, now: datetime) -> ManualAction:
@@ -154,8 +154,7 @@ async def release(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, now: d
 async def skip(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, reason: str,
                now: datetime) -> ManualAction:
     """The person will not work this action; ActionSkipped with their reason."""
-    user_id = require_user(actor)
-    return await _change(uow, actor, action_id, lambda a: [a.skip(user_id, reason, now)])
+    return await _change(uow, actor, action_id, lambda a: [a.skip(require_user(actor), reason, now)])
 
 
 async def snooze(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, until: datetime,
