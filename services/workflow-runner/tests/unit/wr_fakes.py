@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from manual_actions.contracts import Envelope, topics
+from manual_actions.contracts import Envelope, decode_document, topics
 from workflow_runner.domain.directory import Team
 from workflow_runner.domain.enrollments import Enrollment, ManualAction
 from workflow_runner.domain.people import Contact, User
@@ -108,6 +108,35 @@ class _Repo:
             if t == tenant and u.team_id == team_id and u.deleted_at is None
         )
 
+    async def upsert_many(self, contacts: Sequence[Any], fields_present: Collection[str]) -> list[Any]:
+        """Same rule as the SQL repository, with every field of an existing contact replaced by
+        the import's value only when ``fields_present`` names it."""
+        stored = []
+        for contact in contacts:
+            existing = next(
+                (
+                    c
+                    for (t, _), c in self.rows.items()
+                    if t == contact.tenant and contact.external_id and c.external_id == contact.external_id
+                ),
+                None,
+            )
+            if existing is None:
+                self.rows[(contact.tenant, contact.id)] = copy.deepcopy(contact)
+                stored.append(copy.deepcopy(contact))
+                continue
+            updated = copy.deepcopy(existing)
+            for name in fields_present:
+                if name == "name":
+                    updated.first_name, updated.last_name = contact.first_name, contact.last_name
+                setattr(updated, name, copy.deepcopy(getattr(contact, name)))
+            updated.version += 1
+            updated.deleted_at = None
+            updated.updated_at = contact.updated_at
+            self.rows[(updated.tenant, updated.id)] = updated
+            stored.append(copy.deepcopy(updated))
+        return stored
+
     async def external_id_taken(self, tenant: str, external_id: str, *, other_than: uuid.UUID | None) -> bool:
         return any(
             t == tenant and c.external_id == external_id and c.id != other_than
@@ -176,6 +205,9 @@ class FakeUnitOfWork:
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         self.working.outbox.append((topic, envelope))
+
+    async def publish_documents(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
+        self.working.outbox.extend((topic, decode_document(d)) for d in documents)
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         if (consumer, message_id) in self.working.inbox:

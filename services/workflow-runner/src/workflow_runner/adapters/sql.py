@@ -5,12 +5,27 @@ Every statement filters by ``tenant_id``; rows are mapped to and from the domain
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import ColumnElement, Select, Table, and_, delete, func, literal, select, tuple_, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    Select,
+    Table,
+    and_,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -296,6 +311,35 @@ def contact_values(contact: Contact) -> dict[str, Any]:
     }
 
 
+# Which columns an import replaces on an existing contact, per contact field the input sets.
+IMPORT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "name": ("name", "first_name", "last_name"),
+    "first_name": ("name", "first_name", "last_name"),
+    "last_name": ("name", "first_name", "last_name"),
+    "phone": ("phone",),
+    "email": ("email",),
+    "timezone": ("timezone",),
+    "custom_fields": ("custom_fields",),
+    "owner_user_id": ("owner_user_id",),
+    "tags": ("tags",),
+    "opted_out": ("opted_out_sms", "opted_out_call"),
+    "do_not_disturb": ("dnd_sms", "dnd_call"),
+}
+
+
+async def _driver_connection(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under ``conn`` (for COPY), in ``conn``'s transaction."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def _copy_record(columns: Sequence[str], contact: Contact) -> tuple[Any, ...]:
+    values = {"tenant_id": contact.tenant, "id": contact.id, "created_at": contact.created_at}
+    values |= contact_values(contact)
+    values["custom_fields"] = json.dumps(values["custom_fields"])  # asyncpg takes jsonb as text
+    return tuple(values[name] for name in columns)
+
+
 class SqlContactRepository(_Repository):
     async def add(self, contact: Contact) -> None:
         await self._conn.execute(
@@ -327,6 +371,41 @@ class SqlContactRepository(_Repository):
             .where(t.contacts.c.tenant_id == contact.tenant, t.contacts.c.id == contact.id)
             .values(**contact_values(contact))
         )
+
+    async def upsert_many(
+        self, contacts: Sequence[Contact], fields_present: Collection[str]
+    ) -> list[Contact]:
+        """Insert the contacts; one whose ``external_id`` exists already updates that contact instead
+        (only the columns of ``fields_present``; version + 1, undeleted). The rows go in with COPY
+        into a temporary table, then one INSERT ... SELECT ... ON CONFLICT moves them over.
+        Returns what is stored (order not kept)."""
+        if not contacts:
+            return []
+        columns = [c.name for c in t.contacts.c]
+        await self._conn.execute(
+            text("CREATE TEMPORARY TABLE import_contacts (LIKE contacts INCLUDING DEFAULTS) ON COMMIT DROP")
+        )
+        driver = await _driver_connection(self._conn)
+        await driver.copy_records_to_table(
+            "import_contacts",
+            columns=columns,
+            records=[_copy_record(columns, c) for c in contacts],
+        )
+        staged = Table("import_contacts", MetaData(), *(Column(c.name, c.type) for c in t.contacts.c))
+        statement = insert(t.contacts).from_select(columns, select(*(staged.c[name] for name in columns)))
+        replaced = {column for f in fields_present for column in IMPORT_COLUMNS.get(f, ())}
+        on_conflict = {column: statement.excluded[column] for column in sorted(replaced)} | {
+            "version": t.contacts.c.version + 1,
+            "updated_at": statement.excluded.updated_at,
+            "deleted_at": None,
+        }
+        upsert = statement.on_conflict_do_update(
+            constraint="uq_contacts_external_id", set_=on_conflict
+        ).returning(*t.contacts.c)
+        result = await self._conn.execute(upsert)
+        stored = [_contact(row) for row in result.mappings().all()]
+        await self._conn.execute(text("DROP TABLE import_contacts"))
+        return stored
 
     async def external_id_taken(self, tenant: str, external_id: str, *, other_than: uuid.UUID | None) -> bool:
         c = t.contacts.c
@@ -771,6 +850,32 @@ class SqlUnitOfWork:
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         await outbox_plumbing.add_to_outbox(self.connection, topic, envelope)
+
+    async def publish_documents(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
+        """Like ``publish`` for many envelopes given as JSON documents: the same outbox rows as
+        ``add_to_outbox`` writes (key = subject; type, version and tenant headers), written with
+        COPY, and one notification for the relay."""
+        if not documents:
+            return
+        driver = await _driver_connection(self.connection)
+        await driver.copy_records_to_table(
+            "outbox",
+            columns=["message_id", "tenant", "topic", "key", "value", "headers"],
+            records=[
+                (
+                    uuid.UUID(d["id"]),
+                    d["tenant"],
+                    topic,
+                    d["subject"],
+                    json.dumps(d, separators=(",", ":")),
+                    json.dumps(
+                        [["type", d["type"]], ["version", str(d["version"])], ["tenant", d["tenant"]]]
+                    ),
+                )
+                for d in documents
+            ],
+        )
+        await self.connection.execute(select(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "")))
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self.connection, consumer, message_id)

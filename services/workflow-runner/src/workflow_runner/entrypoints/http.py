@@ -9,6 +9,8 @@ answers 404 exactly like a missing one. Domain errors become problem+json here.
 from __future__ import annotations
 
 import base64
+import csv
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,6 +33,7 @@ from workflow_runner.domain.errors import (
     WorkflowInvalid,
     WorkflowNotPublished,
 )
+from workflow_runner.domain.imports import MAX_LISTED_ERRORS, MAX_ROWS, rows_from_csv, rows_from_json
 from workflow_runner.domain.people import UserRole
 from workflow_runner.domain.phone import normalise_phone
 from workflow_runner.entrypoints.schemas import (
@@ -41,6 +44,8 @@ from workflow_runner.entrypoints.schemas import (
     EnrollmentCreate,
     EnrollmentPage,
     EnrollmentView,
+    ImportErrorView,
+    ImportView,
     TeamCreate,
     TeamPage,
     TeamUpdate,
@@ -64,6 +69,7 @@ from workflow_runner.handlers.commands import (
     PublishWorkflow,
     SaveDraft,
 )
+from workflow_runner.handlers.directory import Validator, validate_here
 from workflow_runner.handlers.ports import ContactFilter, Cursor, UnitOfWork, UnitOfWorkFactory
 
 SERVICE_NAME = "workflow-runner"
@@ -299,6 +305,87 @@ async def list_contacts(
     return ContactPage(items=[ContactView.of(c) for c in found], next_cursor=_next_cursor(found, limit))
 
 
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+IMPORT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "external_id,name,phone,email,tags,opted_out_sms,custom.plan\n"
+                "crm-1,Ada Lovelace,+14155550101,ada@example.com,vip;hot,false,gold\n",
+            },
+            "application/json": {
+                "schema": {"type": "array", "maxItems": MAX_ROWS, "items": ContactCreate.model_json_schema()}
+            },
+        },
+    }
+}
+
+
+@contacts.post(
+    "/import",
+    response_model=ImportView,
+    openapi_extra=IMPORT_BODY,
+    responses={
+        415: {"description": "Neither text/csv nor application/json."},
+        422: {
+            "description": "The body as a whole is unusable (not a list, unknown CSV column, too many rows)."
+        },
+    },
+)
+async def import_contacts(request: Request, principal: Supervisor, uow: Uow) -> ImportView:
+    """Import up to 100,000 contacts from CSV or a JSON list. Every row is validated; valid rows are
+    stored (all in one transaction), invalid ones are reported as ``errors`` [{row, field, message}]
+    with rows numbered from 1. A row whose ``external_id`` already exists updates that contact
+    (the fields the input sets), so re-running an import is safe.
+
+    CSV columns: name, first_name, last_name, phone, email, timezone, owner_user_id, external_id,
+    tags (separated by ``;``), opted_out_sms, opted_out_call, dnd_sms, dnd_call (true/false), and
+    ``custom.<key>`` per custom field.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("text/csv", "application/json"):
+        return problem_response(
+            415,
+            "Unsupported media type",
+            "Send the contacts as text/csv or as an application/json list.",
+            instance=request.url.path,
+        )
+    body = await request.body()
+    if len(body) > MAX_IMPORT_BYTES:
+        raise InvalidField("body", f"is larger than {MAX_IMPORT_BYTES // (1024 * 1024)} MiB")
+    if media_type == "text/csv":
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidField("body", "CSV must be UTF-8") from exc
+        try:
+            rows, present = rows_from_csv(text)
+        except csv.Error as exc:
+            raise InvalidField("body", f"is not valid CSV ({exc})") from exc
+    else:
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise InvalidField("body", f"is not valid JSON ({exc})") from exc
+        rows, present = rows_from_json(document)
+    result = await handlers.import_contacts(
+        uow, principal.tenant, rows, present, validate=request.app.state.validate_import
+    )
+    return ImportView(
+        imported=result.imported,
+        inserted=result.inserted,
+        updated=result.updated,
+        failed=result.failed,
+        errors=[
+            ImportErrorView(row=e.row, field=e.field, message=e.message)
+            for e in result.errors[:MAX_LISTED_ERRORS]
+        ],
+        errors_truncated=len(result.errors) > MAX_LISTED_ERRORS,
+    )
+
+
 @contacts.get("/{contact_id}", response_model=ContactView)
 async def get_contact(contact_id: uuid.UUID, principal: AnyRole, uow: Uow) -> ContactView:
     return ContactView.of(await handlers.get_contact(uow, principal.tenant, contact_id))
@@ -410,8 +497,8 @@ async def get_enrollment(enrollment_id: uuid.UUID, principal: Supervisor, uow: U
 
 
 def _located(field: str) -> str:
-    """Where a field is: in the body unless the name already says (``query.cursor``)."""
-    return field if field.startswith(("query.", "path.")) else f"body.{field}"
+    """Where a field is: in the body unless the name already says (``query.cursor``, ``body``)."""
+    return field if field == "body" or field.startswith(("query.", "path.", "body.")) else f"body.{field}"
 
 
 def _problem(request: Request, exc: Exception) -> Response:
@@ -474,7 +561,13 @@ async def _on_domain_error(request: Request, exc: Exception) -> Response:
     return _problem(request, exc)
 
 
-def build_app(uow: UnitOfWorkFactory, identity: IdentityStore, engine: AsyncEngine | None = None) -> FastAPI:
+def build_app(
+    uow: UnitOfWorkFactory,
+    identity: IdentityStore,
+    engine: AsyncEngine | None = None,
+    *,
+    validate_import: Validator = validate_here,
+) -> FastAPI:
     """The API on ``manual_actions.http.create_app`` (health, readiness, metrics, problem+json).
 
     Readiness: this service's database (when ``engine`` is given) and the identity store.
@@ -495,6 +588,7 @@ def build_app(uow: UnitOfWorkFactory, identity: IdentityStore, engine: AsyncEngi
     )
     app.state.uow = uow
     app.state.identity = identity
+    app.state.validate_import = validate_import
     app.add_exception_handler(DomainError, _on_domain_error)
     for router in (teams, users, contacts, workflows, enrollments):
         app.include_router(router)

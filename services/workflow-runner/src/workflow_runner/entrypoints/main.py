@@ -23,6 +23,7 @@ from workflow_runner.adapters import migrations
 from workflow_runner.adapters.sql import SqlUnitOfWorkFactory
 from workflow_runner.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from workflow_runner.entrypoints.http import build_app
+from workflow_runner.entrypoints.import_pool import PooledValidator
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -76,14 +77,22 @@ async def build_service(settings: Settings) -> Service:
         handler=batch_handler(uow),
         producer=producer,
     )
-    app = build_app(uow, identity, engine)
+    validator = PooledValidator()
+    app = build_app(uow, identity, engine, validate_import=validator)
     return Service(
         app=app,
         engine=engine,
         uow=uow,
         background=[relay.run, consumer.run],
         # The consumer dead-letters through the producer, so it stops first.
-        on_shutdown=[consumer.stop, relay.stop, producer.stop, engine.dispose, identity_engine.dispose],
+        on_shutdown=[
+            consumer.stop,
+            relay.stop,
+            producer.stop,
+            engine.dispose,
+            identity_engine.dispose,
+            validator.close,
+        ],
     )
 
 

@@ -335,6 +335,21 @@ class ContactPage(BaseModel):
     next_cursor: str | None
 
 
+class ImportErrorView(BaseModel):
+    row: int = Field(description="Data row number, from 1 (a CSV header is not counted).")
+    field: str
+    message: str
+
+
+class ImportView(BaseModel):
+    imported: int = Field(description="Rows stored: inserted + updated.")
+    inserted: int
+    updated: int = Field(description="Rows whose external_id matched an existing contact.")
+    failed: int = Field(description="Rows not imported because of at least one error.")
+    errors: list[ImportErrorView] = Field(description="Every problem, by row (the first 1,000).")
+    errors_truncated: bool
+
+
 Steps = Annotated[
     list[dict[str, Any]],
     Field(max_length=MAX_STEPS, description="Step objects with 'id' and 'type'; fully checked on publish."),

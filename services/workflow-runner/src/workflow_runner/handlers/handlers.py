@@ -41,6 +41,7 @@ from workflow_runner.handlers.directory import (  # noqa: F401  (the directory's
     get_contact,
     get_team,
     get_user,
+    import_contacts,
     list_contacts,
     list_teams,
     list_users,

@@ -98,6 +98,13 @@ class ContactRepository(Protocol):
         self, tenant: str, external_id: str, *, other_than: uuid.UUID | None
     ) -> bool: ...
 
+    async def upsert_many(
+        self, contacts: Sequence[Contact], fields_present: Collection[str]
+    ) -> list[Contact]:
+        """Insert each contact, or, when its ``external_id`` is taken, update that contact's
+        ``fields_present`` (version + 1, no longer deleted). Returns the stored contacts in order."""
+        ...
+
     async def list(
         self, tenant: str, *, limit: int, after: Cursor | None = None, filters: ContactFilter | None = None
     ) -> Sequence[Contact]:
@@ -189,6 +196,10 @@ class UnitOfWork(Protocol):
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         """Stage ``envelope`` in the outbox of this transaction (published after commit)."""
+        ...
+
+    async def publish_documents(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
+        """``publish`` for many envelopes at once, given as their JSON documents (bulk operations)."""
         ...
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
