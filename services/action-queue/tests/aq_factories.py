@@ -22,6 +22,7 @@ def action_queued(
     priority: int = 0,
     queued_at: datetime = T0,
     workflow_id: uuid.UUID | None = None,
+    expires_at: datetime | None = None,
 ) -> ActionQueued:
     return ActionQueued(
         action_id=action_id or uuid.uuid4(),
@@ -37,6 +38,7 @@ def action_queued(
         message=message if action_type is ActionType.SMS else None,
         priority=priority,
         queued_at=queued_at,
+        expires_at=expires_at,
     )
 
 

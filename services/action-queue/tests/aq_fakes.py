@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 from action_queue.domain import ActionStatus, ManualAction
-from action_queue.handlers.ports import ActionFilter, Cursor
-from manual_actions.contracts import Envelope
+from action_queue.handlers.ports import ActionFilter, BulkRequest, BulkStatus, Cursor
+from manual_actions.contracts import ActionType, Envelope
 
 
 class FakeRepository:
@@ -44,20 +45,62 @@ class FakeRepository:
         candidates.sort(key=lambda a: (-a.priority, a.queued_at, a.id))
         return copy.deepcopy(candidates[0]) if candidates else None
 
+    async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
+        found = [a for a in self._store.values() if tenant in (None, a.tenant)
+                 and (a.expiry_passed(now) or a.lease_lapsed(now) or a.snooze_over(now) or a.sms_due(now))]
+        return [copy.deepcopy(a) for a in found[:limit]]
+
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
                    after: Cursor | None) -> Sequence[ManualAction]:
         def matches(a: ManualAction) -> bool:
-            return (a.tenant == tenant
-                    and filters.assignee_user_id in (None, a.assignee_user_id)
-                    and filters.workflow_id in (None, a.workflow_id)
-                    and (not filters.types or a.type in filters.types)
-                    and (not filters.statuses or a.status in filters.statuses)
-                    and (not filters.contact or filters.contact.lower() in a.contact.name.lower()
-                         or filters.contact in (a.contact.phone or ""))
+            return (a.tenant == tenant and filters.matches(a)
                     and (after is None or (a.queued_at, a.id) > (after.queued_at, after.id)))
 
         found = sorted((a for a in self._store.values() if matches(a)), key=lambda a: (a.queued_at, a.id))
         return [copy.deepcopy(a) for a in found[:limit]]
+
+    async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
+        unfiltered = replace(filters, statuses=())
+        out: dict[tuple[ActionStatus, ActionType], int] = {}
+        for a in self._store.values():
+            if a.tenant == tenant and unfiltered.matches(a):
+                out[(a.status, a.type)] = out.get((a.status, a.type), 0) + 1
+        return out
+
+    async def matching_ids(self, tenant: str, filters: ActionFilter, *, after: uuid.UUID | None,
+                           limit: int) -> Sequence[uuid.UUID]:
+        ids = sorted(a.id for a in self._store.values() if a.tenant == tenant and filters.matches(a)
+                     and (after is None or a.id > after))
+        return ids[:limit]
+
+    async def get_many(self, tenant: str, ids: Sequence[uuid.UUID]) -> Sequence[ManualAction]:
+        return [copy.deepcopy(self._store[i]) for i in sorted(ids)
+                if i in self._store and self._store[i].tenant == tenant]
+
+    async def save_many(self, actions: Sequence[ManualAction]) -> None:
+        for action in actions:
+            await self.save(action)
+
+
+class FakeBulkStore:
+    def __init__(self, store: dict[tuple[str, str], BulkRequest]) -> None:
+        self._store = store
+
+    async def add_if_absent(self, request: BulkRequest) -> BulkRequest:
+        self._store.setdefault((request.tenant, request.request_id), copy.deepcopy(request))
+        return copy.deepcopy(self._store[(request.tenant, request.request_id)])
+
+    async def get(self, tenant: str, request_id: str) -> BulkRequest | None:
+        found = self._store.get((tenant, request_id))
+        return copy.deepcopy(found) if found else None
+
+    async def next_running(self) -> BulkRequest | None:
+        running = sorted((r for r in self._store.values() if r.status is BulkStatus.RUNNING),
+                         key=lambda r: r.created_at)
+        return copy.deepcopy(running[0]) if running else None
+
+    async def save(self, request: BulkRequest) -> None:
+        self._store[(request.tenant, request.request_id)] = copy.deepcopy(request)
 
 
 class FakeUnitOfWork:
@@ -67,6 +110,7 @@ class FakeUnitOfWork:
         self.store: dict[uuid.UUID, ManualAction] = {}
         self.outbox: list[tuple[str, Envelope[Any]]] = []
         self.inbox: set[tuple[str, uuid.UUID]] = set()
+        self.bulk_requests: dict[tuple[str, str], BulkRequest] = {}
         self.commits = 0
 
     @property
@@ -78,7 +122,13 @@ class FakeUnitOfWork:
         self._outbox: list[tuple[str, Envelope[Any]]] = []
         self._inbox: set[tuple[str, uuid.UUID]] = set(self.inbox)
         self._repo = FakeRepository(self._work)
+        self._bulk_work = copy.deepcopy(self.bulk_requests)
+        self._bulk = FakeBulkStore(self._bulk_work)
         return self
+
+    @property
+    def bulk(self) -> FakeBulkStore:
+        return self._bulk
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -86,12 +136,16 @@ class FakeUnitOfWork:
 
     async def commit(self) -> None:
         self.store = self._work
+        self.bulk_requests = self._bulk_work
         self.outbox.extend(self._outbox)
         self.inbox = self._inbox
         self.commits += 1
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         self._outbox.append((topic, envelope))
+
+    async def publish_many(self, messages: Sequence[tuple[str, Envelope[Any]]]) -> None:
+        self._outbox.extend(messages)
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         if (consumer, message_id) in self._inbox:

@@ -26,6 +26,8 @@ async def aq(stack: Any) -> AsyncIterator[Harness]:
         consumer_group_id=GROUP,
         consumer_batch_timeout_ms=50,
         outbox_poll_interval_ms=50,
+        maintenance_interval_ms=200,
+        bulk_chunk_size=500,
     )
     service = await build_service(settings)
     loops = [asyncio.create_task(loop()) for loop in service.background]

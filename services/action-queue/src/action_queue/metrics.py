@@ -41,3 +41,25 @@ LIFECYCLE_EVENTS = Counter(
     "Lifecycle events this service published.",
     ["type"],
 )
+
+# Changes the maintenance loop made by itself, by the lifecycle event that recorded them:
+# ActionExpired, ActionReleased (lease lapsed), ActionRequeued (snooze ended), ActionSmsRequested
+# (scheduled SMS sent) or ActionSkipped (a scheduled SMS that could not be sent).
+MAINTENANCE = Counter(
+    "action_queue_maintenance_changes_total",
+    "Actions the maintenance loop changed, by event type.",
+    ["type"],
+)
+
+# Maintenance batches and bulk chunks that raised and were rolled back (retried after the interval).
+MAINTENANCE_FAILURES = Counter(
+    "action_queue_maintenance_failures_total",
+    "Maintenance batches and bulk chunks that failed and were rolled back.",
+)
+
+# Actions changed by bulk requests, by operation (reassign, delete, snooze).
+BULK_CHANGES = Counter(
+    "action_queue_bulk_changes_total",
+    "Actions changed by bulk requests.",
+    ["operation"],
+)

@@ -58,6 +58,9 @@ class ActionQueued(Payload):
     notes: str | None = Field(default=None, description="Script or notes for the person (call actions).")
     priority: int = Field(default=0, ge=0, le=100)
     queued_at: datetime
+    expires_at: datetime | None = Field(
+        default=None, description="If nobody worked the action by then, it expires (ActionExpired)."
+    )
 
 
 class ActionCompleted(Payload):

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Select, and_, func, or_, select, tuple_
+from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from action_queue.adapters.tables import bulk_requests as b
 from action_queue.adapters.tables import manual_actions as t
+from action_queue.adapters.tables import outbox as outbox_table
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
-from action_queue.handlers.ports import ActionFilter, Cursor
+from action_queue.domain.model import IDLE
+from action_queue.handlers.ports import ActionFilter, BulkOperation, BulkRequest, BulkStatus, Cursor
 from manual_actions import outbox as outbox_plumbing
 from manual_actions.contracts import ActionType, Envelope
 
@@ -60,6 +64,7 @@ def _row(action: ManualAction) -> dict[str, Any]:
         "contact_name": action.contact.name,
         "contact_phone": action.contact.phone,
         "priority": action.priority,
+        "expires_at": action.expires_at,
         "queued_at": action.queued_at,
         **_mutable(action),
     }
@@ -103,6 +108,7 @@ def _action(row: RowMapping) -> ManualAction:
         send_at=row["send_at"],
         scheduled_by=row["scheduled_by"],
         status_reason=row["status_reason"],
+        expires_at=row["expires_at"],
         history=_history_from_json(row["history"]),
     )
 
@@ -153,6 +159,7 @@ class SqlActionRepository:
                 or_(t.c.status == ActionStatus.QUEUED.value,
                     and_(t.c.status == ActionStatus.RESERVED.value, t.c.lease_expires_at <= now),
                     and_(t.c.status == ActionStatus.SNOOZED.value, t.c.snoozed_until <= now)),
+                or_(t.c.expires_at.is_(None), t.c.expires_at > now),
             )
             .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id)
             .limit(1)
@@ -163,26 +170,170 @@ class SqlActionRepository:
         row = (await self._conn.execute(statement)).mappings().first()
         return _action(row) if row else None
 
+    async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
+        # One query per kind of work so each uses its partial index; SKIP LOCKED lets several
+        # replicas (and people working the queue) proceed without waiting for each other.
+        kinds = [
+            and_(t.c.status.in_([s.value for s in IDLE]), t.c.expires_at <= now),
+            and_(t.c.status == ActionStatus.RESERVED.value, t.c.lease_expires_at <= now),
+            and_(t.c.status == ActionStatus.SNOOZED.value, t.c.snoozed_until <= now),
+            and_(t.c.status == ActionStatus.SCHEDULED.value, t.c.send_at <= now),
+        ]
+        found: dict[uuid.UUID, ManualAction] = {}
+        for condition in kinds:
+            if len(found) >= limit:
+                break
+            statement = select(t).where(condition)
+            if tenant is not None:
+                statement = statement.where(t.c.tenant_id == tenant)
+            if found:
+                statement = statement.where(t.c.id.not_in(list(found)))
+            statement = statement.limit(limit - len(found)).with_for_update(skip_locked=True)
+            for row in (await self._conn.execute(statement)).mappings().all():
+                found[row["id"]] = _action(row)
+        return list(found.values())
+
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
                    after: Cursor | None) -> Sequence[ManualAction]:
-        statement: Select[Any] = select(t).where(t.c.tenant_id == tenant)
-        if filters.assignee_user_id is not None:
-            statement = statement.where(t.c.assignee_user_id == filters.assignee_user_id)
-        if filters.workflow_id is not None:
-            statement = statement.where(t.c.workflow_id == filters.workflow_id)
-        if filters.types:
-            statement = statement.where(t.c.action_type.in_([x.value for x in filters.types]))
-        if filters.statuses:
-            statement = statement.where(t.c.status.in_([s.value for s in filters.statuses]))
-        if filters.contact:
-            pattern = _like_pattern(filters.contact)
-            statement = statement.where(or_(t.c.contact_name.ilike(pattern, escape="\\"),
-                                            t.c.contact_phone.ilike(pattern, escape="\\")))
+        statement = _filtered(select(t), tenant, filters)
         if after is not None:
             statement = statement.where(tuple_(t.c.queued_at, t.c.id) > tuple_(after.queued_at, after.id))
         statement = statement.order_by(t.c.queued_at, t.c.id).limit(limit)
         rows = (await self._conn.execute(statement)).mappings().all()
         return [_action(row) for row in rows]
+
+    async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
+        statement = _filtered(select(t.c.status, t.c.action_type, func.count()), tenant,
+                              replace(filters, statuses=()))
+        rows = (await self._conn.execute(statement.group_by(t.c.status, t.c.action_type))).all()
+        return {(ActionStatus(status), ActionType(kind)): int(n) for status, kind, n in rows}
+
+    async def matching_ids(self, tenant: str, filters: ActionFilter, *, after: uuid.UUID | None,
+                           limit: int) -> Sequence[uuid.UUID]:
+        statement = _filtered(select(t.c.id), tenant, filters)
+        if after is not None:
+            statement = statement.where(t.c.id > after)
+        rows = (await self._conn.execute(statement.order_by(t.c.id).limit(limit))).scalars().all()
+        return list(rows)
+
+    async def get_many(self, tenant: str, ids: Sequence[uuid.UUID]) -> Sequence[ManualAction]:
+        statement = (select(t).where(t.c.tenant_id == tenant, t.c.id.in_(list(ids))).order_by(t.c.id)
+                     .with_for_update())
+        return [_action(row) for row in (await self._conn.execute(statement)).mappings().all()]
+
+    async def save_many(self, actions: Sequence[ManualAction]) -> None:
+        if not actions:
+            return
+        names = _MUTABLE
+        statement = (t.update().where(t.c.id == bindparam("b_id"), t.c.tenant_id == bindparam("b_tenant"))
+                     .values({**{name: bindparam(f"b_{name}") for name in names}, "updated_at": func.now()}))
+        rows = []
+        for action in actions:
+            values = _mutable(action)
+            rows.append({"b_id": action.id, "b_tenant": action.tenant,
+                         **{f"b_{name}": values[name] for name in names}})
+        await self._conn.execute(statement, rows)
+
+
+def _filtered(statement: Select[Any], tenant: str, filters: ActionFilter) -> Select[Any]:
+    """``statement`` limited to the tenant's actions that match ``filters``."""
+    statement = statement.where(t.c.tenant_id == tenant)
+    if filters.assignee_user_id is not None:
+        statement = statement.where(t.c.assignee_user_id == filters.assignee_user_id)
+    if filters.workflow_id is not None:
+        statement = statement.where(t.c.workflow_id == filters.workflow_id)
+    if filters.types:
+        statement = statement.where(t.c.action_type.in_([x.value for x in filters.types]))
+    if filters.statuses:
+        statement = statement.where(t.c.status.in_([s.value for s in filters.statuses]))
+    if filters.contact:
+        pattern = _like_pattern(filters.contact)
+        statement = statement.where(or_(t.c.contact_name.ilike(pattern, escape="\\"),
+                                        t.c.contact_phone.ilike(pattern, escape="\\")))
+    return statement
+
+
+def _filters_to_json(filters: ActionFilter) -> dict[str, Any]:
+    return {
+        "assignee_user_id": str(filters.assignee_user_id) if filters.assignee_user_id else None,
+        "workflow_id": str(filters.workflow_id) if filters.workflow_id else None,
+        "contact": filters.contact,
+        "types": [x.value for x in filters.types],
+        "statuses": [x.value for x in filters.statuses],
+    }
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    return uuid.UUID(value) if value else None
+
+
+def _filters_from_json(document: dict[str, Any]) -> ActionFilter:
+    return ActionFilter(
+        assignee_user_id=_uuid_or_none(document.get("assignee_user_id")),
+        workflow_id=_uuid_or_none(document.get("workflow_id")),
+        contact=document.get("contact"),
+        types=tuple(ActionType(x) for x in document.get("types", [])),
+        statuses=tuple(ActionStatus(x) for x in document.get("statuses", [])),
+    )
+
+
+_BULK_PROGRESS = ("status", "matched", "changed", "unchanged", "last_id", "finished_at")
+
+
+def _bulk_row(request: BulkRequest) -> dict[str, Any]:
+    return {
+        "tenant_id": request.tenant, "request_id": request.request_id, "operation": request.operation.value,
+        "filters": _filters_to_json(request.filters), "assignee_user_id": request.assignee_user_id,
+        "until": request.until, "reason": request.reason, "requested_by": request.requested_by,
+        "created_at": request.created_at, **_bulk_progress(request),
+    }
+
+
+def _bulk_progress(request: BulkRequest) -> dict[str, Any]:
+    values = {name: getattr(request, name) for name in _BULK_PROGRESS}
+    values["status"] = request.status.value
+    return values
+
+
+def _bulk(row: RowMapping) -> BulkRequest:
+    return BulkRequest(
+        tenant=row["tenant_id"], request_id=row["request_id"], operation=BulkOperation(row["operation"]),
+        filters=_filters_from_json(row["filters"]), requested_by=row["requested_by"],
+        created_at=row["created_at"], assignee_user_id=row["assignee_user_id"], until=row["until"],
+        reason=row["reason"], status=BulkStatus(row["status"]), matched=row["matched"],
+        changed=row["changed"], unchanged=row["unchanged"], last_id=row["last_id"],
+        finished_at=row["finished_at"],
+    )
+
+
+class SqlBulkRequestStore:
+    """Bulk requests in PostgreSQL, on the unit of work's connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add_if_absent(self, request: BulkRequest) -> BulkRequest:
+        await self._conn.execute(insert(b).values(**_bulk_row(request))
+                                 .on_conflict_do_nothing(index_elements=[b.c.tenant_id, b.c.request_id]))
+        stored = await self.get(request.tenant, request.request_id)
+        assert stored is not None  # inserted now or earlier, in this transaction's snapshot or before
+        return stored
+
+    async def get(self, tenant: str, request_id: str) -> BulkRequest | None:
+        statement = select(b).where(b.c.tenant_id == tenant, b.c.request_id == request_id)
+        row = (await self._conn.execute(statement)).mappings().first()
+        return _bulk(row) if row else None
+
+    async def next_running(self) -> BulkRequest | None:
+        statement = (select(b).where(b.c.status == BulkStatus.RUNNING.value).order_by(b.c.created_at).limit(1)
+                     .with_for_update(skip_locked=True))
+        row = (await self._conn.execute(statement)).mappings().first()
+        return _bulk(row) if row else None
+
+    async def save(self, request: BulkRequest) -> None:
+        await self._conn.execute(b.update().where(b.c.tenant_id == request.tenant,
+                                                  b.c.request_id == request.request_id)
+                                 .values(**_bulk_progress(request)))
 
 
 class SqlUnitOfWork:
@@ -190,6 +341,7 @@ class SqlUnitOfWork:
     ``first_time_seen`` records into its inbox."""
 
     actions: SqlActionRepository
+    bulk: SqlBulkRequestStore
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -200,6 +352,7 @@ class SqlUnitOfWork:
         self._conn = await self._engine.connect()
         self._tx = await self._conn.begin()
         self.actions = SqlActionRepository(self._conn)
+        self.bulk = SqlBulkRequestStore(self._conn)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -225,6 +378,18 @@ class SqlUnitOfWork:
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         await outbox_plumbing.add_to_outbox(self._connection, topic, envelope)
+
+    async def publish_many(self, messages: Sequence[tuple[str, Envelope[Any]]]) -> None:
+        # add_to_outbox writes one row and one NOTIFY per message; a bulk chunk writes its rows in
+        # one statement and notifies the relay once.
+        if not messages:
+            return
+        rows = [{"message_id": e.id, "tenant": e.tenant, "topic": topic, "key": e.subject,
+                 "value": e.to_jsonable(),
+                 "headers": [[name, value.decode()] for name, value in e.kafka_headers()]}
+                for topic, e in messages]
+        await self._connection.execute(insert(outbox_table), rows)
+        await self._connection.execute(select(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "")))
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self._connection, consumer, message_id)

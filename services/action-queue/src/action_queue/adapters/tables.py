@@ -10,12 +10,14 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -59,6 +61,7 @@ manual_actions = Table(
     Column("send_at", DateTime(timezone=True), nullable=True),
     Column("scheduled_by", Uuid, nullable=True),
     Column("status_reason", Text, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("queued_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -93,3 +96,30 @@ Index("ix_manual_actions_snooze_due", manual_actions.c.snoozed_until,
       postgresql_where=manual_actions.c.status == "snoozed")
 Index("ix_manual_actions_send_due", manual_actions.c.send_at,
       postgresql_where=manual_actions.c.status == "scheduled")
+Index("ix_manual_actions_expiry_due", manual_actions.c.expires_at,
+      postgresql_where=manual_actions.c.status.in_(["queued", "reserved", "snoozed", "scheduled"])
+      & manual_actions.c.expires_at.isnot(None))
+
+# Bulk operations by the client's request id (idempotency key) within a tenant, with the position
+# (last_id) the next chunk starts after.
+bulk_requests = Table(
+    "bulk_requests",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("request_id", String(100), nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("filters", JSONB, nullable=False),
+    Column("assignee_user_id", Uuid, nullable=True),
+    Column("until", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("requested_by", Uuid, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("matched", Integer, nullable=False, server_default="0"),
+    Column("changed", Integer, nullable=False, server_default="0"),
+    Column("unchanged", Integer, nullable=False, server_default="0"),
+    Column("last_id", Uuid, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("tenant_id", "request_id", name="pk_bulk_requests"),
+    Index("ix_bulk_requests_running", "created_at", postgresql_where=text("status = 'running'")),
+)

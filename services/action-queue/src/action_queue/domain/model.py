@@ -169,6 +169,7 @@ class ManualAction:
     send_at: datetime | None = None
     scheduled_by: uuid.UUID | None = None
     status_reason: str | None = None
+    expires_at: datetime | None = None
     history: list[Transition] = field(default_factory=list)
 
     # --- creation --------------------------------------------------------------------------------
@@ -192,6 +193,7 @@ class ManualAction:
             priority=event.priority,
             status=ActionStatus.QUEUED,
             queued_at=event.queued_at,
+            expires_at=event.expires_at,
             version=sequence,
             history=[Transition(at=event.queued_at, from_status=None, to_status=ActionStatus.QUEUED,
                                 reason=f"queued by workflow step {event.step_id}")],
@@ -214,9 +216,27 @@ class ManualAction:
         return (self.status is ActionStatus.SNOOZED and self.snoozed_until is not None
                 and self.snoozed_until <= now)
 
+    def expiry_passed(self, now: datetime) -> bool:
+        return self.status in IDLE and self.expires_at is not None and self.expires_at <= now
+
     def is_reservable(self, now: datetime) -> bool:
-        """Queued, snoozed until a time that has come, or reserved with a lease that has lapsed."""
-        return (self.status is ActionStatus.QUEUED or self.snooze_over(now) or self.lease_lapsed(now))
+        """Queued, snoozed until a time that has come, or reserved with a lease that has lapsed; and
+        not past its expiry time."""
+        if self.expires_at is not None and self.expires_at <= now:
+            return False
+        return self.status is ActionStatus.QUEUED or self.snooze_over(now) or self.lease_lapsed(now)
+
+    def housekeeping(self, now: datetime) -> ActionExpired | ActionReleased | ActionRequeued | None:
+        """What the system does to this action by itself at ``now``, if anything: expire it past its
+        expiry time, end a lapsed lease, or wake it from a snooze that ended. (A due scheduled SMS is
+        sent by ``send_sms``, after the checks at the moment of work.)"""
+        if self.expiry_passed(now):
+            return self.expire(now)
+        if self.lease_lapsed(now):
+            return self.lapse(now)
+        if self.snooze_over(now):
+            return self.wake(now)
+        return None
 
     # --- transitions started by people -----------------------------------------------------------
 

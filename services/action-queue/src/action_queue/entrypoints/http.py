@@ -36,7 +36,10 @@ from action_queue.entrypoints.schemas import (
     ActionDetail,
     ActionPage,
     ActionView,
+    BulkRequestBody,
+    BulkRequestView,
     CompleteRequest,
+    ListCounts,
     PlaceCallRequest,
     ReassignRequest,
     ScheduleSmsRequest,
@@ -44,8 +47,9 @@ from action_queue.entrypoints.schemas import (
     SkipRequest,
     SnoozeRequest,
 )
+from action_queue.handlers import bulk as bulk_handlers
 from action_queue.handlers import queue
-from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWorkFactory
+from action_queue.handlers.ports import ActionFilter, BulkOperation, BulkRequest, Cursor, UnitOfWorkFactory
 from manual_actions.auth import IdentityStore, Principal, Role, require_roles
 from manual_actions.contracts import ActionType
 from manual_actions.http import create_app, problem
@@ -102,6 +106,8 @@ def _as_problem() -> Iterator[None]:
                       errors=[{"field": exc.field, "message": exc.detail}]) from exc
     except NotAllowed as exc:
         raise problem(403, "Forbidden", exc.detail) from exc
+    except bulk_handlers.RequestIdReused as exc:
+        raise problem(409, "Request id reused", exc.detail, field="request_id") from exc
     except DomainError as exc:  # pragma: no cover - every subclass reaching HTTP is mapped above
         raise problem(409, "Conflict", exc.detail) from exc
 
@@ -141,6 +147,8 @@ async def list_actions(
                       Query(description="Any of these; default: every status but deleted.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
+    counts: Annotated[bool, Query(description="Also count every match (all pages), per status and type. "
+                                              "Costs a scan of the matches; leave off when paging.")] = False,
 ) -> ActionPage:
     """The tenant's actions oldest first, by (queued_at, id); agents get only their own."""
     filters = ActionFilter(assignee_user_id=assignee_user_id, workflow_id=workflow_id, contact=contact,
@@ -148,8 +156,20 @@ async def list_actions(
     after = _decode_cursor(cursor) if cursor else None
     with _as_problem():
         page = await queue.list_actions(ctx.uow(), actor, filters, limit=limit, after=after)
+        tally = await queue.count_actions(ctx.uow(), actor, filters) if counts else None
+    summary = None
+    if tally is not None:
+        listed = set(filters.statuses or queue.DEFAULT_LIST_STATUSES)
+        by_status: dict[ActionStatus, int] = {}
+        by_type: dict[ActionType, int] = {}
+        for (action_status, action_type), n in tally.items():
+            by_status[action_status] = by_status.get(action_status, 0) + n
+            if action_status in listed:
+                by_type[action_type] = by_type.get(action_type, 0) + n
+        summary = ListCounts(total=sum(by_type.values()), by_type=by_type, by_status=by_status)
     return ActionPage(items=[ActionView.of(a) for a in page.items],
-                      next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None)
+                      next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None,
+                      counts=summary)
 
 
 @router.get("/actions/{action_id}", response_model=ActionDetail, summary="One manual action with its history")
@@ -283,6 +303,44 @@ async def cancel_schedule(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep
     with _as_problem():
         action = await queue.cancel_schedule(ctx.uow(), actor, action_id, now=ctx.clock())
     return ActionDetail.of(action)
+
+
+def _bulk_view(request: BulkRequest) -> BulkRequestView:
+    return BulkRequestView(request_id=request.request_id, operation=request.operation.value,
+                           status=request.status.value, matched=request.matched, changed=request.changed,
+                           unchanged=request.unchanged, created_at=request.created_at,
+                           finished_at=request.finished_at)
+
+
+@router.post("/actions/bulk", response_model=BulkRequestView, status_code=202,
+             summary="Reassign, delete or snooze every action matching a filter (managers and admins)",
+             responses={200: {"description": "This request id was sent before: its request as it stands."}})
+async def bulk(payload: BulkRequestBody, actor: ActorDep, ctx: ContextDep,
+               response: Response) -> BulkRequestView:
+    """Works in the background in chunks (see GET /v1/actions/bulk/{request_id}); idempotent by
+    ``request_id``: the same id again returns the same request, a different body under it is a 409."""
+    f = payload.filter
+    request = BulkRequest(
+        tenant=actor.tenant, request_id=payload.request_id, operation=BulkOperation(payload.operation),
+        filters=ActionFilter(assignee_user_id=f.assignee_user_id, workflow_id=f.workflow_id,
+                             contact=f.contact, types=tuple(f.type), statuses=tuple(f.status)),
+        requested_by=actor.user_id, created_at=ctx.clock(), assignee_user_id=payload.assignee_user_id,
+        until=payload.until, reason=payload.reason)
+    with _as_problem():
+        stored, created = await bulk_handlers.submit(ctx.uow(), actor, request, now=ctx.clock())
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _bulk_view(stored)
+
+
+@router.get("/actions/bulk/{request_id}", response_model=BulkRequestView,
+            summary="Progress of a bulk request")
+async def bulk_status(request_id: str, actor: ActorDep, ctx: ContextDep) -> BulkRequestView:
+    with _as_problem():
+        stored = await bulk_handlers.status(ctx.uow(), actor, request_id)
+    if stored is None:
+        raise problem(404, "Bulk request not found", f"no bulk request {request_id!r}", request_id=request_id)
+    return _bulk_view(stored)
 
 
 def build_app(

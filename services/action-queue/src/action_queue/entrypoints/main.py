@@ -16,6 +16,7 @@ from action_queue.adapters import migrations
 from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from action_queue.entrypoints.http import build_app
+from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop
 from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine, ensure_database, run_migrations
 from manual_actions.kafka import BatchConsumer, create_producer, ensure_topics
@@ -33,6 +34,11 @@ class Settings(ServiceSettings):
     database_url: str = "postgresql+asyncpg://manual_actions@127.0.0.1:5432/action_queue"
     reservation_lease_seconds: int = Field(default=300, ge=1,
                                            description="How long Let's Start reserves an action to a person.")
+    maintenance_interval_ms: int = Field(default=1000, ge=10,
+                                         description="Pause of the maintenance loop between rounds.")
+    maintenance_batch_size: int = Field(default=500, ge=1, description="Actions changed per transaction.")
+    bulk_chunk_size: int = Field(default=1000, ge=1,
+                                 description="Actions a bulk request changes per transaction.")
     consumer_group_id: str = Field(default=GROUP_ID, min_length=1,
                                    description="Kafka consumer group; replicas of one deployment share it.")
 
@@ -66,10 +72,13 @@ async def build_service(settings: Settings) -> Service:
     consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=TOPICS,
                              handler=batch_handler(uow), producer=producer)
     app = build_app(uow, identity, engine, lease=timedelta(seconds=settings.reservation_lease_seconds))
+    maintenance = MaintenanceLoop(uow, interval=settings.maintenance_interval_ms / 1000,
+                                  batch_size=settings.maintenance_batch_size)
+    bulk = BulkLoop(uow, chunk=settings.bulk_chunk_size)
     return Service(
         app=app,
         uow=uow,
-        background=[relay.run, consumer.run],
+        background=[relay.run, consumer.run, maintenance.run, bulk.run],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[consumer.stop, relay.stop, producer.stop, engine.dispose, identity_engine.dispose],
     )

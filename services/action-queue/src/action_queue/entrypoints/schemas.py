@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -92,9 +93,54 @@ def _fields(action: ManualAction) -> dict[str, object]:
     }
 
 
+class ListCounts(BaseModel):
+    """How many actions match the list's filter (all pages)."""
+
+    total: int = Field(description="Matching the whole filter, statuses included.")
+    by_type: dict[ActionType, int] = Field(description="The total split by type.")
+    by_status: dict[ActionStatus, int] = Field(
+        description="Matching every filter but the statuses, per status (for status tabs).")
+
+
 class ActionPage(BaseModel):
     items: list[ActionView]
     next_cursor: str | None = Field(description="Pass as ``cursor`` for the next page; null on the last.")
+    counts: ListCounts | None = Field(default=None, description="Present when asked for with counts=true.")
+
+
+class BulkFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assignee_user_id: uuid.UUID | None = None
+    workflow_id: uuid.UUID | None = None
+    contact: str | None = Field(default=None, min_length=1, max_length=100)
+    type: list[ActionType] = Field(default_factory=list)
+    status: list[ActionStatus] = Field(default_factory=list,
+                                       description="Default: every status that is not final.")
+
+
+class BulkRequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$",
+                            description="Chosen by the client; sending it again returns the same request.")
+    operation: Literal["reassign", "delete", "snooze"]
+    filter: BulkFilter = Field(default_factory=BulkFilter)
+    assignee_user_id: uuid.UUID | None = Field(default=None, description="reassign: the new assignee.")
+    until: AwareDatetime | None = Field(default=None, description="snooze: until when.")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class BulkRequestView(BaseModel):
+    request_id: str
+    operation: str
+    status: str = Field(description="running or done.")
+    matched: int = Field(description="Actions that matched the filter so far.")
+    changed: int
+    unchanged: int = Field(
+        description="Matched but left alone: in use by someone, or unable to take the change.")
+    created_at: datetime
+    finished_at: datetime | None
 
 
 class SendSmsRequest(BaseModel):

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -27,6 +28,16 @@ class ActionFilter:
     types: tuple[ActionType, ...] = ()
     statuses: tuple[ActionStatus, ...] = ()
 
+    def matches(self, action: ManualAction) -> bool:
+        """The same test the SQL repository applies, on one action in memory."""
+        phone = action.contact.phone or ""
+        return (self.assignee_user_id in (None, action.assignee_user_id)
+                and self.workflow_id in (None, action.workflow_id)
+                and (not self.types or action.type in self.types)
+                and (not self.statuses or action.status in self.statuses)
+                and (not self.contact or self.contact.lower() in action.contact.name.lower()
+                     or self.contact.lower() in phone.lower()))
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -34,6 +45,57 @@ class Cursor:
 
     queued_at: datetime
     id: uuid.UUID
+
+
+class BulkOperation(StrEnum):
+    REASSIGN = "reassign"
+    DELETE = "delete"
+    SNOOZE = "snooze"
+
+
+class BulkStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass
+class BulkRequest:
+    """One bulk operation over the actions matching ``filters``, identified by the client's
+    ``request_id`` within the tenant. Worked in chunks by id; ``last_id`` is where the next chunk
+    starts, saved in the same transaction as the chunk's changes (so a restart resumes exactly)."""
+
+    tenant: str
+    request_id: str
+    operation: BulkOperation
+    filters: ActionFilter
+    requested_by: uuid.UUID | None
+    created_at: datetime
+    assignee_user_id: uuid.UUID | None = None
+    until: datetime | None = None
+    reason: str | None = None
+    status: BulkStatus = BulkStatus.RUNNING
+    matched: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    last_id: uuid.UUID | None = None
+    finished_at: datetime | None = None
+
+    def same_request(self, other: BulkRequest) -> bool:
+        """Whether ``other`` asks for exactly the same work (a retry of this request)."""
+        return ((self.operation, self.filters, self.assignee_user_id, self.until, self.reason)
+                == (other.operation, other.filters, other.assignee_user_id, other.until, other.reason))
+
+
+class BulkRequestStore(Protocol):
+    async def add_if_absent(self, request: BulkRequest) -> BulkRequest:
+        """Store ``request`` unless the tenant has one with its ``request_id``; return the stored one."""
+
+    async def get(self, tenant: str, request_id: str) -> BulkRequest | None: ...
+
+    async def next_running(self) -> BulkRequest | None:
+        """Lock and return a running request no other transaction holds (oldest first)."""
+
+    async def save(self, request: BulkRequest) -> None: ...
 
 
 class ActionRepository(Protocol):
@@ -55,9 +117,29 @@ class ActionRepository(Protocol):
         """Lock and return the assignee's first reservable action by (priority desc, queued_at, id),
         skipping rows another transaction has locked, so concurrent callers get different actions."""
 
+    async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
+        """Lock and return up to ``limit`` actions (of any tenant, or of ``tenant``) that need the system
+        at ``now``: past their expiry, with a lapsed lease, a snooze that ended or a scheduled SMS
+        that is due. Rows another transaction holds are skipped."""
+
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
                    after: Cursor | None) -> Sequence[ManualAction]:
         """Up to ``limit`` matching actions ordered by (queued_at, id), strictly after ``after``."""
+
+
+    async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
+        """How many of the tenant's actions match ``filters`` apart from its statuses, per (status, type)."""
+
+    async def matching_ids(self, tenant: str, filters: ActionFilter, *, after: uuid.UUID | None,
+                           limit: int) -> Sequence[uuid.UUID]:
+        """Up to ``limit`` ids of matching actions in id order, strictly after ``after`` (bulk chunks)."""
+
+    async def get_many(self, tenant: str, ids: Sequence[uuid.UUID]) -> Sequence[ManualAction]:
+        """The tenant's actions with these ids, locked until the unit of work ends (in id order, so
+        two bulk chunks never deadlock)."""
+
+    async def save_many(self, actions: Sequence[ManualAction]) -> None:
+        """``save`` for many actions in one round trip."""
 
 
 class UnitOfWork(Protocol):
@@ -75,6 +157,12 @@ class UnitOfWork(Protocol):
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         """Stage ``envelope`` for ``topic``; it is published only if the transaction commits."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, Envelope[Any]]]) -> None:
+        """``publish`` for many (topic, envelope) pairs in one round trip, in order."""
+
+    @property
+    def bulk(self) -> BulkRequestStore: ...
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record ``message_id`` as processed; False when it already was (a redelivery)."""

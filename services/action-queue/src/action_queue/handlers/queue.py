@@ -24,7 +24,7 @@ from action_queue.domain import (
 )
 from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWork
 from action_queue.handlers.publishing import publish
-from manual_actions.contracts import Payload
+from manual_actions.contracts import ActionType, Payload
 
 # What a list shows when no status filter is given: everything except deleted actions.
 DEFAULT_LIST_STATUSES: tuple[ActionStatus, ...] = tuple(
@@ -66,6 +66,19 @@ async def list_actions(uow: UnitOfWork, actor: Actor, filters: ActionFilter, *, 
     items = rows[:limit]
     last = items[-1] if more else None
     return Page(items=items, next_cursor=Cursor(last.queued_at, last.id) if last else None)
+
+
+async def count_actions(uow: UnitOfWork, actor: Actor,
+                        filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
+    """Per (status, type), how many of the actions the actor may see match ``filters`` apart from
+    its statuses."""
+    if not actor.supervisor:
+        own = require_user(actor)
+        if filters.assignee_user_id not in (None, own):
+            return {}
+        filters = replace(filters, assignee_user_id=own)
+    async with uow:
+        return await uow.actions.counts(actor.tenant, filters)
 
 
 async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,

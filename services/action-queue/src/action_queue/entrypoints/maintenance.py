@@ -1,0 +1,71 @@
+"""Background loops: maintenance (``handlers.maintenance.run_once``) and bulk requests
+(``handlers.bulk.run_chunk``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from action_queue import metrics
+from action_queue.handlers import bulk, maintenance
+from action_queue.handlers.ports import UnitOfWorkFactory
+
+log = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MaintenanceLoop:
+    """Every ``interval`` seconds, apply due work until a batch comes back short.
+
+    A failing batch (e.g. the database restarting) rolls back, is logged with its traceback and
+    counted, and is retried after the interval: nothing was changed, so nothing is lost.
+    """
+
+    def __init__(self, uow: UnitOfWorkFactory, *, interval: float = 1.0, batch_size: int = 500,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self._uow = uow
+        self._interval = interval
+        self._batch_size = batch_size
+        self._clock = clock
+
+    async def run(self) -> None:
+        while True:
+            try:
+                full = True
+                while full:
+                    changed = await maintenance.run_once(self._uow(), self._clock(), limit=self._batch_size)
+                    full = changed >= self._batch_size
+                    await asyncio.sleep(0)  # let HTTP requests in between full batches
+            except Exception:
+                log.exception("maintenance batch failed; retrying after the interval")
+                metrics.MAINTENANCE_FAILURES.inc()
+            await asyncio.sleep(self._interval)
+
+
+class BulkLoop:
+    """Works running bulk requests chunk by chunk (``handlers.bulk.run_chunk``), yielding to the
+    event loop between chunks; sleeps ``interval`` seconds when none is waiting."""
+
+    def __init__(self, uow: UnitOfWorkFactory, *, interval: float = 0.5, chunk: int = bulk.DEFAULT_CHUNK,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self._uow = uow
+        self._interval = interval
+        self._chunk = chunk
+        self._clock = clock
+
+    async def run(self) -> None:
+        while True:
+            try:
+                worked = True
+                while worked:
+                    worked = await bulk.run_chunk(self._uow(), self._clock(), chunk=self._chunk) is not None
+                    await asyncio.sleep(0)  # let HTTP requests in between chunks
+            except Exception:
+                log.exception("bulk chunk failed; retrying after the interval")
+                metrics.MAINTENANCE_FAILURES.inc()
+            await asyncio.sleep(self._interval)
