@@ -1,0 +1,116 @@
+"""Benchmark: one bulk reassign over 100,000 actions, while an agent keeps working the queue.
+
+    uv run pytest services/action-queue/bench/bench_bulk_100k.py -q -s
+
+Runs against the real PostgreSQL and Kafka of the ``stack`` fixture (its own database). Prints how
+long the bulk request took, its chunks per second, how long the outbox relay needed to publish the
+100,000 ActionReassigned events, and the latency of Let's Start for another agent meanwhile. Not
+part of the default test run (the file name does not start with ``test_``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import func, insert, select
+
+from action_queue.adapters import sql
+from action_queue.adapters.tables import manual_actions, outbox
+from action_queue.domain import ManualAction
+from action_queue.entrypoints.main import Settings, build_service
+from manual_actions.auth import IdentityStore, Role
+from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot
+from manual_actions.db import create_engine
+
+COUNT = 100_000
+
+
+def _queued(assignee: uuid.UUID, at: datetime) -> ActionQueued:
+    return ActionQueued(action_id=uuid.uuid4(), action_type=ActionType.SMS, action_name="Follow up",
+                        workflow_id=uuid.uuid4(), workflow_version=1, workflow_name="Bench", step_id="sms1",
+                        enrollment_id=uuid.uuid4(),
+                        contact=ContactSnapshot(contact_id=uuid.uuid4(), name="Bench Contact",
+                                                phone="+14155550100"),
+                        assignee_user_id=assignee, message="Hello", queued_at=at)
+
+
+async def test_bulk_reassign_of_100k_actions(stack: Any) -> None:
+    settings = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap,
+                        database_url=stack.database_url(f"aq_bench_{uuid.uuid4().hex[:8]}"),
+                        identity_database_url=stack.database_url("identity"),
+                        consumer_group_id=f"aq-bench-{uuid.uuid4().hex[:8]}", outbox_poll_interval_ms=50)
+    service = await build_service(settings)
+    # relay and bulk loop only: the consumer is not part of what is measured
+    loops = [asyncio.create_task(loop()) for loop in service.background if "Consumer" not in repr(loop)]
+    identity_engine = create_engine(settings.identity_database_url, pool_size=2)
+    identity = IdentityStore(identity_engine)
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    await identity.create_tenant(tenant, "Bench")
+    agent, other, worker = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    admin_token = await identity.issue_token(tenant, Role.ADMIN, None, label="bench")
+    worker_token = await identity.issue_token(tenant, Role.AGENT, worker, label="bench")
+    engine = service.uow.engine
+    try:
+        base = datetime.now(UTC) - timedelta(days=1)
+        started = time.perf_counter()
+        rows = [sql._row(ManualAction.from_queued(tenant, _queued(agent, base + timedelta(milliseconds=i)), 1))
+                for i in range(COUNT)]
+        rows += [sql._row(ManualAction.from_queued(tenant, _queued(worker, base), 1)) for _ in range(500)]
+        async with engine.begin() as conn:
+            for i in range(0, len(rows), 5000):
+                await conn.execute(insert(manual_actions), rows[i:i + 5000])
+        print(f"\nstored {len(rows)} actions in {time.perf_counter() - started:.1f}s")
+        async with engine.connect() as conn:
+            outbox_before = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
+
+        transport = httpx.ASGITransport(app=service.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aq",
+                                     headers={"Authorization": f"Bearer {admin_token}"}) as admin, \
+                httpx.AsyncClient(transport=transport, base_url="http://aq",
+                                  headers={"Authorization": f"Bearer {worker_token}"}) as worker_client:
+            request_id = f"bench-{uuid.uuid4()}"
+            started = time.perf_counter()
+            response = await admin.post("/v1/actions/bulk", json={
+                "request_id": request_id, "operation": "reassign", "filter": {"assignee_user_id": str(agent)},
+                "assignee_user_id": str(other)})
+            assert response.status_code == 202, response.text
+            accepted = time.perf_counter() - started
+            latencies: list[float] = []
+            while True:
+                t0 = time.perf_counter()
+                next_response = await worker_client.post("/v1/queue/next")
+                latencies.append(time.perf_counter() - t0)
+                assert next_response.status_code in (200, 204), next_response.text
+                body = (await admin.get(f"/v1/actions/bulk/{request_id}")).json()
+                if body["status"] == "done":
+                    break
+                await asyncio.sleep(0.2)
+            elapsed = time.perf_counter() - started
+            assert body["changed"] == COUNT, body
+            while True:
+                async with engine.connect() as conn:
+                    pending = (await conn.execute(select(func.count()).select_from(outbox)
+                                                  .where(outbox.c.published_at.is_(None)))).scalar_one()
+                    total = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
+                if pending == 0 and total >= outbox_before + COUNT:
+                    break
+                await asyncio.sleep(0.5)
+            published = time.perf_counter() - started
+        print(f"bulk reassign of {COUNT} actions: accepted in {accepted * 1000:.0f} ms, done in {elapsed:.1f}s "
+              f"({COUNT / elapsed:.0f} actions/s, chunk {settings.bulk_chunk_size}); all events published "
+              f"after {published:.1f}s")
+        print(f"Let's Start for another agent meanwhile: {len(latencies)} calls, median "
+              f"{statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for callback in service.on_shutdown:
+            await callback()
+        await identity_engine.dispose()
