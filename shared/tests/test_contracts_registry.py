@@ -65,7 +65,7 @@ EXPECTED_CONSUMERS = {
     topics.SMS_RESULTS: {"action-queue"},
     topics.CALL_RESULTS: {"action-queue"},
     topics.DEAD_LETTERS: set(),
-    topics.CONTACTS: set(),
+    topics.CONTACTS: {"action-queue"},
     topics.USERS: set(),
 }
 # The directory topics: the newest state per entity, compacted, keyed by the entity id.

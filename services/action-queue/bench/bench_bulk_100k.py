@@ -59,8 +59,8 @@ async def test_bulk_reassign_of_100k_actions(stack: Any) -> None:
     try:
         base = datetime.now(UTC) - timedelta(days=1)
         started = time.perf_counter()
-        rows = [sql._row(ManualAction.from_queued(tenant, _queued(agent, base + timedelta(milliseconds=i)), 1))
-                for i in range(COUNT)]
+        rows = [sql._row(ManualAction.from_queued(tenant, _queued(agent, base + timedelta(milliseconds=i)),
+                                                  1)) for i in range(COUNT)]
         rows += [sql._row(ManualAction.from_queued(tenant, _queued(worker, base), 1)) for _ in range(500)]
         async with engine.begin() as conn:
             for i in range(0, len(rows), 5000):
@@ -102,7 +102,8 @@ async def test_bulk_reassign_of_100k_actions(stack: Any) -> None:
                     break
                 await asyncio.sleep(0.5)
             published = time.perf_counter() - started
-        print(f"bulk reassign of {COUNT} actions: accepted in {accepted * 1000:.0f} ms, done in {elapsed:.1f}s "
+        print(f"bulk reassign of {COUNT} actions: accepted in {accepted * 1000:.0f} ms, "
+              f"done in {elapsed:.1f}s "
               f"({COUNT / elapsed:.0f} actions/s, chunk {settings.bulk_chunk_size}); all events published "
               f"after {published:.1f}s")
         print(f"Let's Start for another agent meanwhile: {len(latencies)} calls, median "

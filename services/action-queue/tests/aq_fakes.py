@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from action_queue.domain import ActionStatus, ManualAction
+from action_queue.domain.checks import ContactState
 from action_queue.handlers.ports import ActionFilter, BulkRequest, BulkStatus, Cursor
 from manual_actions.contracts import ActionType, Envelope
 
@@ -103,6 +104,21 @@ class FakeBulkStore:
         self._store[(request.tenant, request.request_id)] = copy.deepcopy(request)
 
 
+class FakeContacts:
+    def __init__(self, store: dict[tuple[str, uuid.UUID], ContactState]) -> None:
+        self._store = store
+
+    async def get(self, tenant: str, contact_id: uuid.UUID) -> ContactState | None:
+        return self._store.get((tenant, contact_id))
+
+    async def upsert(self, tenant: str, contact_id: uuid.UUID, state: ContactState) -> bool:
+        current = self._store.get((tenant, contact_id))
+        if current is not None and current.version >= state.version:
+            return False
+        self._store[(tenant, contact_id)] = state
+        return True
+
+
 class FakeUnitOfWork:
     """Changes become visible in ``store``/``outbox``/``inbox`` only on commit, like a transaction."""
 
@@ -111,6 +127,7 @@ class FakeUnitOfWork:
         self.outbox: list[tuple[str, Envelope[Any]]] = []
         self.inbox: set[tuple[str, uuid.UUID]] = set()
         self.bulk_requests: dict[tuple[str, str], BulkRequest] = {}
+        self.contact_states: dict[tuple[str, uuid.UUID], ContactState] = {}
         self.commits = 0
 
     @property
@@ -124,7 +141,13 @@ class FakeUnitOfWork:
         self._repo = FakeRepository(self._work)
         self._bulk_work = copy.deepcopy(self.bulk_requests)
         self._bulk = FakeBulkStore(self._bulk_work)
+        self._contacts_work = dict(self.contact_states)
+        self._contacts = FakeContacts(self._contacts_work)
         return self
+
+    @property
+    def contacts(self) -> FakeContacts:
+        return self._contacts
 
     @property
     def bulk(self) -> FakeBulkStore:
@@ -137,6 +160,7 @@ class FakeUnitOfWork:
     async def commit(self) -> None:
         self.store = self._work
         self.bulk_requests = self._bulk_work
+        self.contact_states = self._contacts_work
         self.outbox.extend(self._outbox)
         self.inbox = self._inbox
         self.commits += 1

@@ -290,11 +290,14 @@ async def test_sms_failed_puts_the_action_back_with_the_reason(aq: Harness, tena
     assert requeued["causation_id"] == str(failed.id)
 
 
-async def test_send_sms_without_contact_phone_is_422_naming_contact_phone(tenant: Tenant) -> None:
+async def test_send_sms_without_contact_phone_skips_the_action_with_the_reason(tenant: Tenant) -> None:
+    # a number check at the moment of work (decision 0012): the action is skipped, never silently
     action_id = await tenant.queue(phone=None)
-    body = _problem(await tenant.agent.post(f"/v1/actions/{action_id}/send-sms", json={}), 422)
-    assert body["errors"][0]["field"] == "contact.phone"
-    assert (await tenant.agent.get(f"/v1/actions/{action_id}")).json()["status"] == "queued"
+    body = _problem(await tenant.agent.post(f"/v1/actions/{action_id}/send-sms", json={}), 409)
+    assert (body["action_status"], body["reason"]) == ("skipped", "the contact has no phone number")
+    action = (await tenant.agent.get(f"/v1/actions/{action_id}")).json()
+    assert (action["status"], action["status_reason"]) == ("skipped", "the contact has no phone number")
+    assert action["history"][-1]["by"] is None
 
 
 async def test_an_sms_cannot_be_completed_by_hand_or_called(tenant: Tenant) -> None:

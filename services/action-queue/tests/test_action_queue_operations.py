@@ -191,3 +191,48 @@ async def test_bulk_delete_and_snooze_and_who_may_ask(aq: Harness, tenant: Tenan
         "workflow_id": str(workflow_id), "status": "deleted", "limit": 100}))
     assert {i["id"] for i in listed["items"]} == {str(i) for i in ids}
     assert all(i["version"] == 3 for i in listed["items"])
+
+
+# --- checks at the moment of work --------------------------------------------------------------
+
+
+def _zone_where_it_is_night(now: datetime) -> str:
+    """An Etc/GMT zone whose local time is now between 23:00 and 23:59 (inside 21:00 to 08:00)."""
+    offset = (23 - now.hour) % 24
+    if offset > 14:
+        offset -= 24
+    # Etc/GMT-N is UTC+N (POSIX sign)
+    return "Etc/GMT" + (f"-{offset}" if offset > 0 else f"+{-offset}" if offset < 0 else "")
+
+
+async def test_contact_updates_block_work_at_the_moment_it_starts(aq: Harness, tenant: Tenant) -> None:
+    from aq_factories import wrap
+
+    from manual_actions.contracts.messages import ChannelFlags, ContactUpdated
+
+    opted_out = await tenant.queue(priority=9)
+    at_night = await tenant.queue(priority=5)
+    fine = await tenant.queue(priority=1)
+
+    async def update(action_id: uuid.UUID, **changes: Any) -> Any:
+        snapshot = (await _ok(await tenant.admin.get(f"/v1/actions/{action_id}")))["contact"]
+        fields: dict[str, Any] = {"opted_out": ChannelFlags(), "do_not_disturb": ChannelFlags(), **changes}
+        payload = ContactUpdated(contact_id=uuid.UUID(snapshot["id"]), name=snapshot["name"],
+                                 phone=snapshot["phone"], updated_at=datetime.now(UTC), **fields)
+        return await aq.produce(wrap(payload, tenant=tenant.name, subject=payload.contact_id, sequence=3),
+                                topic=topics.CONTACTS)
+
+    sent = [await update(opted_out, opted_out=ChannelFlags(sms=True)),
+            await update(at_night, timezone=_zone_where_it_is_night(datetime.now(UTC)))]
+    await aq.wait_consumed(*sent)
+
+    reserved = await _ok(await tenant.agent.post("/v1/queue/next"))
+    assert reserved["id"] == str(fine)
+    skipped = await _ok(await tenant.admin.get(f"/v1/actions/{opted_out}"))
+    assert (skipped["status"], skipped["status_reason"]) == ("skipped", "the contact opted out of SMS")
+    night = await _ok(await tenant.admin.get(f"/v1/actions/{at_night}"))
+    assert night["status"] == "skipped" and night["status_reason"].startswith("quiet hours: it is 23:")
+    events = await eventually(lambda: aq.recorder.about(topics.ACTION_LIFECYCLE, opted_out, "ActionSkipped"),
+                              what="ActionSkipped for the opted-out contact")
+    assert [(e["sequence"], e["data"]["reason"], e["data"]["skipped_by"]) for e in events] == [
+        (2, "the contact opted out of SMS", None)]

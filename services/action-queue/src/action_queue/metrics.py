@@ -63,3 +63,11 @@ BULK_CHANGES = Counter(
     "Actions changed by bulk requests.",
     ["operation"],
 )
+
+# Actions skipped because a check at the moment of work blocked them (opt-out, do-not-disturb,
+# invalid number, quiet hours), by action type.
+BLOCKED = Counter(
+    "action_queue_blocked_at_work_total",
+    "Actions skipped by a check at the moment of work.",
+    ["type"],
+)

@@ -15,9 +15,11 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
 from action_queue.adapters.tables import bulk_requests as b
+from action_queue.adapters.tables import contacts as c
 from action_queue.adapters.tables import manual_actions as t
 from action_queue.adapters.tables import outbox as outbox_table
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
+from action_queue.domain.checks import ContactState
 from action_queue.domain.model import IDLE
 from action_queue.handlers.ports import ActionFilter, BulkOperation, BulkRequest, BulkStatus, Cursor
 from manual_actions import outbox as outbox_plumbing
@@ -336,12 +338,48 @@ class SqlBulkRequestStore:
                                  .values(**_bulk_progress(request)))
 
 
+class SqlContactRepository:
+    """Contacts' current state in PostgreSQL, on the unit of work's connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(self, tenant: str, contact_id: uuid.UUID) -> ContactState | None:
+        statement = select(c).where(c.c.tenant_id == tenant, c.c.contact_id == contact_id)
+        row = (await self._conn.execute(statement)).mappings().first()
+        if row is None:
+            return None
+        return ContactState(
+            phone=row["phone"], timezone=row["timezone"],
+            opted_out=frozenset(k for k, on in ((ActionType.SMS, row["opted_out_sms"]),
+                                                (ActionType.CALL, row["opted_out_call"])) if on),
+            do_not_disturb=frozenset(k for k, on in ((ActionType.SMS, row["dnd_sms"]),
+                                                     (ActionType.CALL, row["dnd_call"])) if on),
+            deleted=row["deleted"], version=row["version"])
+
+    async def upsert(self, tenant: str, contact_id: uuid.UUID, state: ContactState) -> bool:
+        values = {
+            "phone": state.phone, "timezone": state.timezone,
+            "opted_out_sms": ActionType.SMS in state.opted_out,
+            "opted_out_call": ActionType.CALL in state.opted_out,
+            "dnd_sms": ActionType.SMS in state.do_not_disturb,
+            "dnd_call": ActionType.CALL in state.do_not_disturb,
+            "deleted": state.deleted, "version": state.version, "updated_at": func.now(),
+        }
+        statement = (insert(c).values(tenant_id=tenant, contact_id=contact_id, **values)
+                     .on_conflict_do_update(index_elements=[c.c.tenant_id, c.c.contact_id], set_=values,
+                                            where=c.c.version < state.version)
+                     .returning(c.c.contact_id))
+        return (await self._conn.execute(statement)).first() is not None
+
+
 class SqlUnitOfWork:
     """One connection and one transaction; ``publish`` stages into the outbox of that transaction,
     ``first_time_seen`` records into its inbox."""
 
     actions: SqlActionRepository
     bulk: SqlBulkRequestStore
+    contacts: SqlContactRepository
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -353,6 +391,7 @@ class SqlUnitOfWork:
         self._tx = await self._conn.begin()
         self.actions = SqlActionRepository(self._conn)
         self.bulk = SqlBulkRequestStore(self._conn)
+        self.contacts = SqlContactRepository(self._conn)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -4,6 +4,7 @@ module is what the code and Alembic's autogenerate compare against."""
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -122,4 +123,24 @@ bulk_requests = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("tenant_id", "request_id", name="pk_bulk_requests"),
     Index("ix_bulk_requests_running", "created_at", postgresql_where=text("status = 'running'")),
+)
+
+# The contacts' current state as workflow-runner publishes it (ContactUpdated on
+# manual-actions.contacts), for the checks at the moment of work. ``version`` is the envelope
+# sequence of the state stored, so an older state arriving late never overwrites a newer one.
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    Column("phone", Text, nullable=True),
+    Column("timezone", Text, nullable=True),
+    Column("opted_out_sms", Boolean, nullable=False),
+    Column("opted_out_call", Boolean, nullable=False),
+    Column("dnd_sms", Boolean, nullable=False),
+    Column("dnd_call", Boolean, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "contact_id", name="pk_contacts"),
 )

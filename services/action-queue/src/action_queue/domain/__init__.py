@@ -2,6 +2,7 @@
 
 from action_queue.domain.errors import (
     ActionNotFound,
+    BlockedAtWork,
     DomainError,
     InvalidField,
     InvalidTransition,
@@ -24,6 +25,7 @@ __all__ = [
     "ActionNotFound",
     "ActionStatus",
     "Actor",
+    "BlockedAtWork",
     "Contact",
     "DomainError",
     "InvalidField",

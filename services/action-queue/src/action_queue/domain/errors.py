@@ -53,6 +53,16 @@ class NotAllowed(DomainError):
     """The caller may not do this at all, whatever the action (403)."""
 
 
+class BlockedAtWork(DomainError):
+    """A check at the moment of work blocked the SMS or call; the action was skipped with ``reason``
+    (409, after the skip is committed)."""
+
+    def __init__(self, action_id: uuid.UUID, reason: str) -> None:
+        super().__init__(f"manual action {action_id} was skipped: {reason}")
+        self.action_id = action_id
+        self.reason = reason
+
+
 class StaleResult(DomainError):
     """A result (SmsSent, SmsFailed, CallCompleted) that no longer applies: the action moved on or the
     result belongs to an earlier command. Consumers log and count it; it is not an error of the message."""

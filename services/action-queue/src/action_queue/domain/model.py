@@ -317,29 +317,28 @@ class ManualAction:
         return self.status is ActionStatus.SCHEDULED and self.send_at is not None and self.send_at <= now
 
     def send_sms(self, by: uuid.UUID | None, command_id: uuid.UUID, *, body: str | None = None,
-                 now: datetime | None = None) -> tuple[ActionSmsRequested, SendSms]:
+                 now: datetime | None = None, to: str | None = None) -> tuple[ActionSmsRequested, SendSms]:
         """Hand the SMS (``body`` if the person edited it, else the queued message) to the sender.
 
         Status becomes ``sending`` until SmsSent or SmsFailed arrives. A scheduled SMS is sent this
-        way when it is due (``by`` is then the person who scheduled it).
+        way when it is due (``by`` is then the person who scheduled it). ``to`` is the contact's
+        current number when known (else the snapshot's).
         """
         now = now or utcnow()
-        self._require_type(ActionType.SMS, "send an SMS for")
-        if not self.sms_due(now):
-            self._require_workable(by, now, "send an SMS for")
-        to = self._contact_phone()
+        self.ensure_workable(ActionType.SMS, by, now)
+        to = self._contact_phone(to)
         text = self._sms_text(body)
         event = self._record(ActionSmsRequested(**self._common(), command_id=command_id, body=text,
                                                 requested_by=by, requested_at=now))
         return event, SendSms(command_id=command_id, action_id=self.id, to=to, body=text, requested_by=by)
 
     def place_call(self, by: uuid.UUID | None, command_id: uuid.UUID, *, agent_phone: str | None,
-                   now: datetime | None = None) -> tuple[ActionCallRequested, PlaceCall]:
+                   now: datetime | None = None,
+                   to: str | None = None) -> tuple[ActionCallRequested, PlaceCall]:
         """Ask the dialer to ring ``agent_phone`` and bridge to the contact; status becomes ``calling``."""
         now = now or utcnow()
-        self._require_type(ActionType.CALL, "place a call for")
-        self._require_workable(by, now, "place a call for")
-        to = self._contact_phone()
+        self.ensure_workable(ActionType.CALL, by, now)
+        to = self._contact_phone(to)
         if not agent_phone:
             raise InvalidField("agent_phone", "agent_phone is required: no phone is known for the assignee")
         if not _E164.match(agent_phone):
@@ -580,8 +579,15 @@ class ManualAction:
         if self.lease_active(now) and self.reserved_by != by:
             raise ReservedByAnother(self.id, self.reserved_by)
 
-    def _contact_phone(self) -> str:
-        phone = self.contact.phone
+    def ensure_workable(self, expected: ActionType, by: uuid.UUID | None, now: datetime) -> None:
+        """Raise unless ``by`` may start sending (SMS) or calling (call) this action at ``now``."""
+        attempted = "send an SMS for" if expected is ActionType.SMS else "place a call for"
+        self._require_type(expected, attempted)
+        if not (expected is ActionType.SMS and self.sms_due(now)):
+            self._require_workable(by, now, attempted)
+
+    def _contact_phone(self, current: str | None = None) -> str:
+        phone = current or self.contact.phone
         if not phone:
             raise InvalidField("contact.phone", f"contact {self.contact.id} has no phone number")
         if not _E164.match(phone):

@@ -10,7 +10,7 @@ from manual_actions.contracts import topics
 from manual_actions.kafka import BatchHandler, Delivered, PermanentError
 
 GROUP_ID = "action-queue"
-TOPICS = (topics.ACTION_LIFECYCLE, topics.SMS_RESULTS, topics.CALL_RESULTS)
+TOPICS = (topics.ACTION_LIFECYCLE, topics.SMS_RESULTS, topics.CALL_RESULTS, topics.CONTACTS)
 
 
 def batch_handler(uow: UnitOfWorkFactory) -> BatchHandler:

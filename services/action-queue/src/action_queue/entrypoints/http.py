@@ -26,6 +26,7 @@ from action_queue.domain import (
     ActionNotFound,
     ActionStatus,
     Actor,
+    BlockedAtWork,
     DomainError,
     InvalidField,
     InvalidTransition,
@@ -106,6 +107,9 @@ def _as_problem() -> Iterator[None]:
                       errors=[{"field": exc.field, "message": exc.detail}]) from exc
     except NotAllowed as exc:
         raise problem(403, "Forbidden", exc.detail) from exc
+    except BlockedAtWork as exc:
+        raise problem(409, "Blocked at the moment of work", exc.detail, action_id=str(exc.action_id),
+                      action_status="skipped", reason=exc.reason) from exc
     except bulk_handlers.RequestIdReused as exc:
         raise problem(409, "Request id reused", exc.detail, field="request_id") from exc
     except DomainError as exc:  # pragma: no cover - every subclass reaching HTTP is mapped above

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from action_queue import metrics
 from action_queue.domain import DomainError, ManualAction
+from action_queue.domain.checks import blocked_reason, current_phone
 from action_queue.handlers.ports import UnitOfWork
 from action_queue.handlers.publishing import publish
 from manual_actions.contracts import Payload
@@ -21,14 +22,20 @@ from manual_actions.contracts import Payload
 log = logging.getLogger(__name__)
 
 
-def _work(action: ManualAction, now: datetime) -> list[Payload]:
+async def _work(uow: UnitOfWork, action: ManualAction, now: datetime) -> list[Payload]:
     """The messages the system's own change of ``action`` at ``now`` produces (empty: nothing to do)."""
     housekeeping = action.housekeeping(now)
     if housekeeping is not None:
         return [housekeeping]
     if action.sms_due(now):
+        contact = await uow.contacts.get(action.tenant, action.contact.id)
+        reason = blocked_reason(action, contact, now)
+        if reason is not None:  # the checks at the moment of work apply to a scheduled SMS too
+            metrics.BLOCKED.labels(type=action.type.value).inc()
+            return [action.skip(None, f"scheduled SMS not sent: {reason}", now)]
         try:
-            event, command = action.send_sms(action.scheduled_by, uuid.uuid4(), now=now)
+            event, command = action.send_sms(action.scheduled_by, uuid.uuid4(), now=now,
+                                             to=current_phone(action, contact))
         except DomainError as exc:
             # The SMS cannot be handed over (e.g. the contact's number is unusable): never drop it
             # silently — the action is skipped with the reason, visible in the API and the event.
@@ -42,7 +49,7 @@ async def run_once(uow: UnitOfWork, now: datetime, *, limit: int = 500, tenant: 
     changed = 0
     async with uow:
         for action in await uow.actions.due(now, limit=limit, tenant=tenant):
-            messages = _work(action, now)
+            messages = await _work(uow, action, now)
             if not messages:
                 continue
             await uow.actions.save(action)

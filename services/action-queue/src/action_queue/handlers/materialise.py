@@ -14,16 +14,19 @@ from typing import Any
 
 from action_queue import metrics
 from action_queue.domain import DomainError, ManualAction, StaleResult
+from action_queue.domain.checks import ContactState
 from action_queue.handlers.ports import UnitOfWork
 from action_queue.handlers.publishing import SOURCE, publish
 from manual_actions.contracts import (
     ActionQueued,
+    ActionType,
     CallCompleted,
     Envelope,
     Payload,
     SmsFailed,
     SmsSent,
 )
+from manual_actions.contracts.messages import ContactUpdated
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,22 @@ async def on_call_completed(uow: UnitOfWork, envelope: Envelope[CallCompleted]) 
     await _save_and_publish(uow, action, event, envelope)
 
 
+async def on_contact_updated(uow: UnitOfWork, envelope: Envelope[ContactUpdated]) -> None:
+    """Keep the contact's newest state (by envelope sequence) for the checks at the moment of work."""
+    data = envelope.data
+    state = ContactState(
+        phone=data.phone, timezone=data.timezone,
+        opted_out=frozenset(t for t, on in ((ActionType.SMS, data.opted_out.sms),
+                                            (ActionType.CALL, data.opted_out.call)) if on),
+        do_not_disturb=frozenset(t for t, on in ((ActionType.SMS, data.do_not_disturb.sms),
+                                                 (ActionType.CALL, data.do_not_disturb.call)) if on),
+        deleted=data.deleted, version=envelope.sequence)
+    if await uow.contacts.upsert(envelope.tenant, data.contact_id, state):
+        metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
+    else:
+        metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="older_state").inc()
+
+
 Handler = Callable[[UnitOfWork, Envelope[Any]], Awaitable[None]]
 
 HANDLERS: dict[type[Any], Handler] = {
@@ -139,4 +158,5 @@ HANDLERS: dict[type[Any], Handler] = {
     SmsSent: on_sms_sent,
     SmsFailed: on_sms_failed,
     CallCompleted: on_call_completed,
+    ContactUpdated: on_contact_updated,
 }

@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from action_queue.domain import ActionStatus, ManualAction
+from action_queue.domain.checks import ContactState
 from manual_actions.contracts import ActionType, Envelope
 
 
@@ -142,6 +143,14 @@ class ActionRepository(Protocol):
         """``save`` for many actions in one round trip."""
 
 
+class ContactRepository(Protocol):
+    async def get(self, tenant: str, contact_id: uuid.UUID) -> ContactState | None:
+        """The contact's last known state, None if action-queue never heard of it."""
+
+    async def upsert(self, tenant: str, contact_id: uuid.UUID, state: ContactState) -> bool:
+        """Store ``state`` unless a state with a version at least as new is stored; True if stored."""
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the block without ``commit()`` rolls everything back."""
 
@@ -163,6 +172,9 @@ class UnitOfWork(Protocol):
 
     @property
     def bulk(self) -> BulkRequestStore: ...
+
+    @property
+    def contacts(self) -> ContactRepository: ...
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record ``message_id`` as processed; False when it already was (a redelivery)."""

@@ -18,10 +18,12 @@ from action_queue.domain import (
     ActionNotFound,
     ActionStatus,
     Actor,
+    BlockedAtWork,
     ManualAction,
     NotAllowed,
     require_user,
 )
+from action_queue.domain.checks import blocked_reason, current_phone
 from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWork
 from action_queue.handlers.publishing import publish
 from manual_actions.contracts import ActionType, Payload
@@ -81,22 +83,68 @@ async def count_actions(uow: UnitOfWork, actor: Actor,
         return await uow.actions.counts(actor.tenant, filters)
 
 
+# How many blocked actions one Let's Start skips before answering "empty" (the next call goes on).
+MAX_BLOCKED_PER_START = 25
+
+
+async def _blocked(uow: UnitOfWork, action: ManualAction, now: datetime) -> tuple[str | None, str | None]:
+    """The reason a check at the moment of work blocks ``action`` (None if none), and the number to use."""
+    contact = await uow.contacts.get(action.tenant, action.contact.id)
+    return blocked_reason(action, contact, now), current_phone(action, contact)
+
+
+async def _skip_blocked(uow: UnitOfWork, action: ManualAction, reason: str, now: datetime) -> None:
+    event = action.skip(None, reason, now)
+    await uow.actions.save(action)
+    await publish(uow, action, event)
+    metrics.BLOCKED.labels(type=action.type.value).inc()
+
+
 async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
                        lease: timedelta = DEFAULT_LEASE) -> ManualAction | None:
     """Let's Start: reserve the caller's next action (priority desc, queued_at, id) for ``lease`` and
     publish ActionReserved. None when nothing is available. Each call reserves a further action; an
-    action whose lease lapsed or whose snooze ended is available again."""
+    action whose lease lapsed or whose snooze ended is available again. An action a check at the
+    moment of work blocks (opt-out, do-not-disturb, invalid number, quiet hours) is skipped with the
+    reason on the way, and the next one is taken."""
     user_id = require_user(actor)
     async with uow:
-        action = await uow.actions.next_reservable(actor.tenant, user_id, now)
-        if action is None:
-            metrics.RESERVATIONS.labels(result="empty").inc()
-            return None
-        event = action.reserve(user_id, now, lease)
+        for _ in range(MAX_BLOCKED_PER_START):
+            action = await uow.actions.next_reservable(actor.tenant, user_id, now)
+            if action is None:
+                break
+            reason, _ = await _blocked(uow, action, now)
+            if reason is not None:
+                await _skip_blocked(uow, action, reason, now)
+                continue
+            event = action.reserve(user_id, now, lease)
+            await uow.actions.save(action)
+            await publish(uow, action, event)
+            await uow.commit()
+            metrics.RESERVATIONS.labels(result="reserved").inc()
+            return action
+        await uow.commit()  # the skips of blocked actions stand
+    metrics.RESERVATIONS.labels(result="empty").inc()
+    return None
+
+
+async def _start_work(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, kind: ActionType, now: datetime,
+                      start: Callable[[ManualAction, str | None], Sequence[Payload]]) -> ManualAction:
+    """Send an SMS or place a call: the checks at the moment of work first. Blocked: the action is
+    skipped with the reason (committed) and ``BlockedAtWork`` raised for the caller to see."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        action.ensure_workable(kind, actor.user_id, now)
+        reason, phone = await _blocked(uow, action, now)
+        if reason is not None:
+            await _skip_blocked(uow, action, reason, now)
+            await uow.commit()
+            raise BlockedAtWork(action.id, reason)
+        messages = start(action, phone)
         await uow.actions.save(action)
-        await publish(uow, action, event)
+        for message in messages:
+            await publish(uow, action, message)
         await uow.commit()
-    metrics.RESERVATIONS.labels(result="reserved").inc()
     return action
 
 
@@ -125,16 +173,16 @@ def _require_supervisor(actor: Actor, attempted: str) -> None:
 async def send_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, body: str | None,
                    now: datetime) -> ManualAction:
     """Status ``sending``: ActionSmsRequested and a SendSms command (new command id), in one transaction."""
-    return await _change(uow, actor, action_id,
-                         lambda a: a.send_sms(actor.user_id, uuid.uuid4(), body=body, now=now))
+    return await _start_work(uow, actor, action_id, ActionType.SMS, now,
+                             lambda a, to: a.send_sms(actor.user_id, uuid.uuid4(), body=body, now=now, to=to))
 
 
 async def place_call(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, agent_phone: str | None,
                      now: datetime) -> ManualAction:
     """Status ``calling``: ActionCallRequested and a PlaceCall command, in one transaction."""
-    return await _change(uow, actor, action_id,
-                         lambda a: a.place_call(actor.user_id, uuid.uuid4(), agent_phone=agent_phone,
-                                                now=now))
+    return await _start_work(uow, actor, action_id, ActionType.CALL, now,
+                             lambda a, to: a.place_call(actor.user_id, uuid.uuid4(), agent_phone=agent_phone,
+                                                        now=now, to=to))
 
 
 async def complete_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, outcome: str,
