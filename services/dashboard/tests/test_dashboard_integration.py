@@ -410,3 +410,46 @@ async def test_sigkill_between_state_and_delta_counts_once(
             )
     finally:
         await asyncio.to_thread(processes.stop)
+
+
+async def test_failure_to_send_a_delta_crashes_without_committing(harness: Harness) -> None:
+    """Producing the delta fails: the app must crash (``run`` raises) without acknowledging the
+    message, so that the next start processes it again, rather than commit past it."""
+    tenant = await new_tenant(harness.identity)
+    token = await harness.identity.issue_token(tenant, Role.ADMIN, label="dashboard test")
+    streams = DashboardStreams(harness.settings)
+    original_send = streams.delta_topic.send
+    failures = 0
+
+    async def failing_send(**kwargs: Any) -> Any:
+        nonlocal failures
+        if kwargs.get("key") == tenant.encode():
+            failures += 1
+            raise RuntimeError("broker refused the delta")
+        return await original_send(**kwargs)
+
+    streams.delta_topic.send = failing_send  # type: ignore[method-assign]
+    task = asyncio.create_task(streams.run())
+    async with await harness.client(streams) as client:
+        await wait_ready(client)
+        await harness.produce(queued(tenant, ActionType.SMS, None))
+        with pytest.raises(RuntimeError, match=r"stream processing failed.*broker refused the delta"):
+            await asyncio.wait_for(task, timeout=60)
+    assert failures, "the failing send was never reached"
+    (tp, offset), = harness.produced.items()
+    admin = AIOKafkaAdminClient(bootstrap_servers=harness.settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(harness.group, partitions=[tp])
+    finally:
+        await admin.close()
+    meta = committed.get(tp)
+    assert meta is None or meta.offset <= offset, f"committed past the failed message: {meta}"
+
+    # The next start processes the message again and counts it.
+    streams = DashboardStreams(harness.settings)
+    async with running(streams), await harness.client(streams) as client:
+        await wait_ready(client)
+        await eventually(harness.quiescent, what="the failed message processed after the restart")
+        body = await get_pending(client, token)
+        assert (body["total"], body["sms"]) == (1, 1)

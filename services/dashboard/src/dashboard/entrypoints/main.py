@@ -8,6 +8,10 @@ own: the counts live in faust tables rebuilt from their changelog topics at ever
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import os
+import threading
 
 from dashboard.entrypoints.api import build_app
 from dashboard.entrypoints.streams import DashboardStreams
@@ -17,6 +21,31 @@ from manual_actions.db import create_engine
 from manual_actions.kafka import ensure_topics
 from manual_actions.logging import configure_logging
 from manual_actions.service import serve
+
+logger = logging.getLogger("dashboard.main")
+
+# After the stream processor failed, how long the process may take to exit on its own.
+EXIT_GRACE_SECONDS = 30.0
+
+
+async def supervised_streams(streams: DashboardStreams) -> None:
+    """The background loop: ``streams.run``, plus a guarantee that a failure ends the process.
+
+    A crashed faust app can leave tasks that never finish cancelling, which would keep the
+    process alive (and serving frozen counts) instead of exiting for its supervisor to restart it.
+    """
+    try:
+        await streams.run()
+    except Exception:
+        timer = threading.Timer(EXIT_GRACE_SECONDS, _exit_now)
+        timer.daemon = True
+        timer.start()
+        raise
+
+
+def _exit_now() -> None:
+    logger.error("Still running %.0f s after the stream processor failed; exiting", EXIT_GRACE_SECONDS)
+    os._exit(1)
 
 
 async def run(settings: DashboardSettings) -> None:
@@ -29,7 +58,12 @@ async def run(settings: DashboardSettings) -> None:
     identity_engine = create_engine(settings.identity_database_url, pool_size=2)
     streams = DashboardStreams(settings)
     app = build_app(streams, IdentityStore(identity_engine))
-    await serve(app, settings, background=[streams.run], on_shutdown=[streams.stop, identity_engine.dispose])
+    await serve(
+        app,
+        settings,
+        background=[functools.partial(supervised_streams, streams)],
+        on_shutdown=[streams.stop, identity_engine.dispose],
+    )
 
 
 def main() -> None:

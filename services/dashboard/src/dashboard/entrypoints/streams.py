@@ -15,10 +15,12 @@ Reliability, given faust's known pitfalls:
 * Processing is at-least-once (faust's exactly-once mode is not used): faust flushes the
   producer (changelog writes, deltas) before it commits source offsets, so a crash can only
   make messages arrive again, and ``dashboard.domain.pending`` makes that harmless.
-* An exception escaping a faust agent acknowledges the message, so no exception escapes: a
-  message that cannot be decoded or processed goes to ``manual-actions.dead-letters`` with the
-  reason in its headers; a failure to write the table or produce (broker trouble) crashes the
-  app without acknowledging the message, and the process exits to be restarted.
+* faust acknowledges an event whenever iteration leaves it, through an exception or a
+  cancellation too, so the agents acknowledge manually (``stream.noack()``) and only after the
+  message was handled: a message that cannot be decoded or processed goes to
+  ``manual-actions.dead-letters`` with the reason in its headers, then is acknowledged; a failure
+  to write the table or produce (broker trouble) stops the app without acknowledging the message
+  (so no commit can pass it), and the process exits to be restarted.
 * Tables use the in-memory store; on start faust rebuilds them from their changelog topics
   (6 partitions, like their source topics) before any message is processed.
 """
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, NoReturn, cast
 
@@ -72,6 +75,11 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 class TenantNotLocal(Exception):
     """The tenant's counts live in a partition this process does not hold (now)."""
+
+
+class _ProcessingFailed(BaseException):
+    """Raised by ``_fail`` to leave an agent without acknowledging its message (a BaseException so
+    that no ``except Exception`` on the way can swallow it)."""
 
 
 def partition_for_tenant(tenant: str, partitions: int) -> int:
@@ -151,6 +159,7 @@ class DashboardStreams:
         self.app.agent(self.delta_topic, name="apply-deltas", concurrency=1)(self._apply_deltas)
         self._started = False
         self._stop_requested = asyncio.Event()
+        self._failure: BaseException | None = None
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -189,6 +198,8 @@ class DashboardStreams:
                 if PENDING_ACTIONS.source == self.pending_snapshot:
                     PENDING_ACTIONS.source = None
                 self._started = False
+        if self._failure is not None:
+            raise RuntimeError(f"stream processing failed: {self._failure}")
         if self.app.crashed and not self._stop_requested.is_set():
             raise RuntimeError(f"the faust app crashed: {self.app.crash_reason!r}") from self.app.crash_reason
 
@@ -198,6 +209,8 @@ class DashboardStreams:
 
     async def check_ready(self) -> None:
         """Readiness: the app runs and its tables are recovered; raises naming what is missing."""
+        if self._failure is not None:
+            raise RuntimeError(f"stream processing failed: {self._failure}")
         if self.app.crashed:
             raise RuntimeError(f"stream processor crashed: {self.app.crash_reason!r}")
         if not self._started:
@@ -232,8 +245,14 @@ class DashboardStreams:
 
     async def _count_lifecycle(self, stream: faust.StreamT[Any]) -> None:
         event: EventT[Any]
-        async for event in stream.events():
-            await self._on_lifecycle_message(event.message)
+        # Manual acks: faust acknowledges an event whenever the iteration leaves it, even through
+        # an exception or a cancellation. Only a handled (or dead-lettered) message is acked.
+        async for event in cast(faust.Stream[Any], stream).noack().events():
+            try:
+                await self._on_lifecycle_message(event.message)
+            except _ProcessingFailed:
+                return  # unacknowledged; ``run`` stops the app (see ``_fail``)
+            event.ack()
 
     async def _on_lifecycle_message(self, message: Message) -> None:
         position = SourcePosition(message.partition, message.offset)
@@ -274,15 +293,19 @@ class DashboardStreams:
                     partition=partition_for_tenant(fact.tenant, self.partitions),
                 )
         except Exception as exc:
-            await self._crash(exc, "could not store the action state or send its delta")
+            await self._fail(exc, "could not store the action state or send its delta")
         LIFECYCLE_EVENTS.labels(outcome=result.outcome.value).inc()
 
     # --- stage 2 ---------------------------------------------------------------------------------
 
     async def _apply_deltas(self, stream: faust.StreamT[Any]) -> None:
         event: EventT[Any]
-        async for event in stream.events():
-            await self._on_delta_message(event.message)
+        async for event in cast(faust.Stream[Any], stream).noack().events():
+            try:
+                await self._on_delta_message(event.message)
+            except _ProcessingFailed:
+                return
+            event.ack()
 
     async def _on_delta_message(self, message: Message) -> None:
         try:
@@ -305,7 +328,7 @@ class DashboardStreams:
         try:
             self.pending[delta.tenant] = updated.to_record()
         except Exception as exc:
-            await self._crash(exc, "could not store the tenant's counts")
+            await self._fail(exc, "could not store the tenant's counts")
         PENDING_DELTAS.labels(outcome="applied").inc()
         if updated.has_negative_count():
             NEGATIVE_COUNTS.inc()
@@ -338,7 +361,7 @@ class DashboardStreams:
                 ),
             )
         except Exception as exc:
-            await self._crash(exc, "could not dead-letter a message")
+            await self._fail(exc, "could not dead-letter a message")
         DEAD_LETTERS.labels(stage=stage).inc()
         if stage == "lifecycle":
             LIFECYCLE_EVENTS.labels(outcome="dead_lettered").inc()
@@ -352,16 +375,25 @@ class DashboardStreams:
             await self.app.producer.flush()
             faults.crash_point(name)
 
-    async def _crash(self, exc: BaseException, what: str) -> NoReturn:
-        """Crash the app without acknowledging the current message, then wait to be cancelled.
+    async def _fail(self, exc: BaseException, what: str) -> NoReturn:
+        """Record an infrastructure failure and leave the agent, the message unacknowledged.
 
-        Returning (or raising) from here would let faust acknowledge the message and commit past
-        it; crashing instead makes ``run`` raise, the process exit, and the message be redelivered.
+        The agent returns (rather than wait, which would make faust's graceful stop wait for the
+        message forever); ``run`` then stops the app, which commits only acknowledged offsets (a
+        commit cannot pass this message), and raises, so the process exits and the message is
+        processed again after the restart.
         """
-        logger.error("Stream processing failed: %s: %r", what, exc, exc_info=exc)
-        await self.app.crash(exc)
-        await asyncio.Event().wait()  # never set: cancelled when the crashed app stops
-        raise AssertionError("unreachable")
+        # The traceback must not outlive this call (nor reach a log record that a handler may
+        # keep): its frames reference the message, and faust's stop waits until every
+        # unacknowledged message is garbage.
+        details = "".join(traceback.format_exception(exc))
+        description = f"{what}: {exc!r}"
+        exc.__traceback__ = None
+        logger.error("Stream processing failed: %s\n%s", description, details)
+        if self._failure is None:
+            self._failure = RuntimeError(description)
+        self._stop_requested.set()
+        raise _ProcessingFailed from None
 
 
 @contextlib.asynccontextmanager
