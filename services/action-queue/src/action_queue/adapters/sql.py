@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -9,7 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_
+from sqlalchemy import Select, and_, func, or_, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -224,17 +225,41 @@ class SqlActionRepository:
         return [_action(row) for row in (await self._conn.execute(statement)).mappings().all()]
 
     async def save_many(self, actions: Sequence[ManualAction]) -> None:
+        # One statement for the whole chunk: the rows travel as one JSON array that PostgreSQL
+        # unpacks with jsonb_to_recordset (an executemany of single-row UPDATEs is several times slower).
         if not actions:
             return
-        names = _MUTABLE
-        statement = (t.update().where(t.c.id == bindparam("b_id"), t.c.tenant_id == bindparam("b_tenant"))
-                     .values({**{name: bindparam(f"b_{name}") for name in names}, "updated_at": func.now()}))
-        rows = []
-        for action in actions:
-            values = _mutable(action)
-            rows.append({"b_id": action.id, "b_tenant": action.tenant,
-                         **{f"b_{name}": values[name] for name in names}})
-        await self._conn.execute(statement, rows)
+        rows = [{"id": str(a.id), "tenant_id": a.tenant, **_mutable(a)} for a in actions]
+        result = await self._conn.execute(_SAVE_MANY, {"rows": json.dumps(rows, default=_json_default)})
+        if result.rowcount != len(actions):
+            raise LookupError(f"{len(actions) - result.rowcount} manual actions vanished while saving")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__} as JSON")
+
+
+_SAVE_MANY_TYPES = {
+    "message": "text", "status": "text", "reserved_by": "uuid", "lease_expires_at": "timestamptz",
+    "last_error": "text", "call_status": "text", "outcome": "text", "notes": "text",
+    "pending_command_id": "uuid",
+    "command_sequence": "int", "completed_at": "timestamptz", "version": "int", "history": "jsonb",
+    "snoozed_until": "timestamptz", "send_at": "timestamptz", "scheduled_by": "uuid", "status_reason": "text",
+    "assignee_user_id": "uuid",
+}
+assert set(_SAVE_MANY_TYPES) == set(_MUTABLE), "every mutable column needs its SQL type here"
+_SAVE_MANY = text(
+    "UPDATE manual_actions AS m SET "
+    + ", ".join(f"{name} = v.{name}" for name in _SAVE_MANY_TYPES)
+    + ", updated_at = now()"
+    + " FROM jsonb_to_recordset(CAST(CAST(:rows AS text) AS jsonb)) AS v(id uuid, tenant_id text, "
+    + ", ".join(f"{name} {kind}" for name, kind in _SAVE_MANY_TYPES.items())
+    + ") WHERE m.id = v.id AND m.tenant_id = v.tenant_id"
+)
 
 
 def _filtered(statement: Select[Any], tenant: str, filters: ActionFilter) -> Select[Any]:
