@@ -155,3 +155,16 @@ async def test_contact_states_keep_the_newest_version() -> None:
     await materialise.apply_batch(uow, [updated(2, True), updated(1, False)])  # the older one arrives late
     state = uow.contact_states[(TENANT, contact_id)]
     assert (state.version, state.opted_out) == (2, frozenset({ActionType.SMS}))
+
+
+async def test_a_schedule_without_a_time_zone_is_read_in_the_contacts_zone() -> None:
+    uow = FakeUnitOfWork()
+    action = await queue_action(uow)
+    uow.contact_states[(TENANT, action.contact.id)] = contact(timezone="America/New_York")
+    scheduled = await queue.schedule_sms(uow, agent, action.id, send_at=datetime(2025, 1, 7, 9, 30),
+                                         timezone_name=None, body=None, now=NOON)
+    assert scheduled.send_at == datetime(2025, 1, 7, 14, 30, tzinfo=UTC)
+    other = await queue_action(uow)  # no known contact state: UTC
+    scheduled = await queue.schedule_sms(uow, agent, other.id, send_at=datetime(2025, 1, 7, 9, 30),
+                                         timezone_name=None, body=None, now=NOON)
+    assert scheduled.send_at == datetime(2025, 1, 7, 9, 30, tzinfo=UTC)

@@ -279,25 +279,24 @@ async def reassign(action_id: uuid.UUID, payload: ReassignRequest, actor: ActorD
     return ActionDetail.of(action)
 
 
-def _instant(value: datetime, zone_name: str) -> datetime:
-    """``value`` as an instant: kept if it has an offset, else read as wall time in ``zone_name``."""
+def _zone(zone_name: str) -> str:
     try:
-        zone = ZoneInfo(zone_name)
+        ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         message = f"unknown IANA time zone {zone_name!r}"
         raise problem(422, "Invalid field", message, field="body.timezone",
                       errors=[{"field": "body.timezone", "message": message}]) from exc
-    return value if value.tzinfo is not None else value.replace(tzinfo=zone)
+    return zone_name
 
 
 @router.post("/actions/{action_id}/schedule-sms", response_model=ActionDetail,
              summary="Send the SMS (optionally edited) later, at a time in the contact's or user's time zone")
 async def schedule_sms(action_id: uuid.UUID, payload: ScheduleSmsRequest, actor: ActorDep,
                        ctx: ContextDep) -> ActionDetail:
-    send_at = _instant(payload.send_at, payload.timezone)
+    zone = _zone(payload.timezone) if payload.timezone else None
     with _as_problem():
-        action = await queue.schedule_sms(ctx.uow(), actor, action_id, send_at=send_at,
-                                          timezone_name=payload.timezone, body=payload.body, now=ctx.clock())
+        action = await queue.schedule_sms(ctx.uow(), actor, action_id, send_at=payload.send_at,
+                                          timezone_name=zone, body=payload.body, now=ctx.clock())
     return ActionDetail.of(action)
 
 

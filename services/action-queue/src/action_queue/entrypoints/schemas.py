@@ -190,6 +190,8 @@ class ScheduleSmsRequest(BaseModel):
 
     send_at: datetime = Field(description="When to send: local wall time in ``timezone`` (no offset), or an "
                                           "instant with a UTC offset.")
-    timezone: str = Field(default="UTC", min_length=1, max_length=64,
-                          description="IANA time zone of ``send_at`` (the contact's or the user's).")
+    timezone: str | None = Field(
+        default=None, min_length=1, max_length=64,
+        description="IANA time zone of ``send_at`` (the contact's or the user's); default: the contact's "
+                    "time zone when known, else UTC.")
     body: str | None = Field(default=None, min_length=1, max_length=SMS_MAX_LENGTH)

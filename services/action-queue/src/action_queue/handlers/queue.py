@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from action_queue import metrics
 from action_queue.domain import (
@@ -233,9 +234,21 @@ async def reassign(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, to: u
 
 
 async def schedule_sms(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, send_at: datetime,
-                       timezone_name: str, body: str | None, now: datetime) -> ManualAction:
-    return await _change(uow, actor, action_id,
-                         lambda a: [a.schedule_sms(actor.user_id, send_at, timezone_name, now, body=body)])
+                       timezone_name: str | None, body: str | None, now: datetime) -> ManualAction:
+    """Schedule the SMS. ``send_at`` without an offset is wall time in ``timezone_name``, by default
+    the contact's time zone when workflow-runner told us one, else UTC."""
+    async with uow:
+        action = await _load(uow, actor, action_id, for_update=True)
+        if timezone_name is None:
+            contact = await uow.contacts.get(action.tenant, action.contact.id)
+            timezone_name = contact.timezone if contact is not None and contact.timezone else "UTC"
+        if send_at.tzinfo is None:
+            send_at = send_at.replace(tzinfo=ZoneInfo(timezone_name))
+        event = action.schedule_sms(actor.user_id, send_at, timezone_name, now, body=body)
+        await uow.actions.save(action)
+        await publish(uow, action, event)
+        await uow.commit()
+    return action
 
 
 async def cancel_schedule(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *,
