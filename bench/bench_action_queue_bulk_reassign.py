@@ -1,6 +1,6 @@
 """Benchmark: one bulk reassign over 100,000 actions, while an agent keeps working the queue.
 
-    uv run pytest services/action-queue/bench/bench_bulk_100k.py -q -s
+    ./dev bench -k bulk_reassign
 
 Runs against the real PostgreSQL and Kafka of the ``stack`` fixture (its own database). Prints how
 long the bulk request took, its chunks per second, how long the outbox relay needed to publish the
