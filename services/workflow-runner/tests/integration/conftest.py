@@ -62,14 +62,24 @@ async def wr(stack: Any) -> AsyncIterator[Harness]:
         )
     finally:
         recording.cancel()
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(recording, *loops, return_exceptions=True)
+        # The service's own graceful shutdown (what `serve` does on SIGTERM): the consumer and the
+        # relay finish their batch in flight and their loops return. Bounded, so a component that
+        # does not stop fails the run naming it instead of hanging it.
+        stuck: list[str] = []
         for callback in service.on_shutdown:
-            await callback()
+            try:
+                await asyncio.wait_for(callback(), timeout=60)
+            except TimeoutError:
+                stuck.append(f"shutdown {callback!r}")
+        _, pending = await asyncio.wait([recording, *loops], timeout=60)
+        stuck += [f"loop {t.get_coro()!r}" for t in pending]
+        for task in pending:
+            task.cancel()
         await reader.stop()
         await producer.stop()
         await identity_engine.dispose()
+        if stuck:
+            raise AssertionError(f"workflow-runner did not stop within 60 s: {stuck}")
         for task in loops:
             if not task.cancelled() and task.exception() is not None:
                 raise AssertionError("a background loop of workflow-runner crashed") from task.exception()

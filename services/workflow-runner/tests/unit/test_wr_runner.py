@@ -20,7 +20,7 @@ from workflow_runner.domain.enrollments import (
     ManualAction,
 )
 from workflow_runner.domain.people import Contact, User
-from workflow_runner.domain.runner import FinishKind, RunContext, pick_round_robin
+from workflow_runner.domain.runner import FinishKind, RunContext
 from workflow_runner.domain.workflows import Workflow
 
 
@@ -28,7 +28,7 @@ def make_ctx(
     workflow: Workflow,
     c: Contact,
     users: list[User],
-    positions: dict[str, int] | None = None,
+    positions: dict[str, dict[str, int]] | None = None,
     *,
     minutes: int = 0,
 ) -> RunContext:
@@ -55,18 +55,6 @@ def enroll(workflow: Workflow, c: Contact) -> Enrollment:
         workflow_version=workflow.published.number,
         now=T0,
     )
-
-
-def test_round_robin_cycles_and_skips_missing_users() -> None:
-    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    everyone = {a: 1, b: 1, c: 1}
-    picks, position = [], 0
-    for _ in range(5):
-        pick, position = pick_round_robin([a, b, c], position, everyone)
-        picks.append(pick)
-    assert picks == [a, b, c, a, b]
-    assert pick_round_robin([a, b, c], 1, {a: 1, c: 1}) == (c, 0)
-    assert pick_round_robin([a, b], 0, {}) == (None, 0)
 
 
 def test_run_stops_at_the_first_manual_step_with_a_rendered_action() -> None:
@@ -101,7 +89,7 @@ def test_run_stops_at_the_first_manual_step_with_a_rendered_action() -> None:
         HistoryEvent.USER_ASSIGNED,
         HistoryEvent.ACTION_QUEUED,
     ]
-    assert ctx.round_robin == {"assign": 0}  # one user: back to the start
+    assert ctx.round_robin == {"assign": {str(ada.id): 0}}  # one user: score back to zero
 
 
 def test_completed_action_moves_to_the_next_step_then_completes() -> None:

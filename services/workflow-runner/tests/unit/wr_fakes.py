@@ -28,7 +28,7 @@ class State:
     workflows: dict[tuple[str, uuid.UUID], Workflow] = field(default_factory=dict)
     enrollments: dict[tuple[str, uuid.UUID], Enrollment] = field(default_factory=dict)
     actions: dict[tuple[str, uuid.UUID], ManualAction] = field(default_factory=dict)
-    round_robin: dict[tuple[str, uuid.UUID], dict[str, int]] = field(default_factory=dict)
+    round_robin: dict[tuple[str, uuid.UUID], dict[str, dict[str, int]]] = field(default_factory=dict)
     outbox: list[tuple[str, Envelope[Any]]] = field(default_factory=list)
     inbox: set[tuple[str, uuid.UUID]] = field(default_factory=set)
 
@@ -157,13 +157,15 @@ class _RoundRobin:
     async def ensure(self, tenant: str, workflow_id: uuid.UUID, step_ids: Collection[str]) -> None:
         positions = self._uow.working.round_robin.setdefault((tenant, workflow_id), {})
         for step_id in step_ids:
-            positions.setdefault(step_id, 0)
+            positions.setdefault(step_id, {})
 
-    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
-        return dict(self._uow.working.round_robin.get((tenant, workflow_id), {}))
+    async def load(
+        self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True
+    ) -> dict[str, dict[str, int]]:
+        return copy.deepcopy(self._uow.working.round_robin.get((tenant, workflow_id), {}))
 
-    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None:
-        self._uow.working.round_robin[(tenant, workflow_id)] = dict(positions)
+    async def save(self, tenant: str, workflow_id: uuid.UUID, scores: Any) -> None:
+        self._uow.working.round_robin[(tenant, workflow_id)] = copy.deepcopy(dict(scores))
 
 
 class FakeUnitOfWork:

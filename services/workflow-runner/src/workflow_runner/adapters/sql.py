@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -768,26 +768,29 @@ class SqlRoundRobinRepository(_Repository):
             .on_conflict_do_nothing(index_elements=["tenant_id", "workflow_id", "step_id"])
         )
 
-    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
+    async def load(
+        self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True
+    ) -> dict[str, dict[str, int]]:
         r = t.round_robin_positions.c
-        statement = select(r.step_id, r.position).where(r.tenant_id == tenant, r.workflow_id == workflow_id)
+        statement = select(r.step_id, r.scores).where(r.tenant_id == tenant, r.workflow_id == workflow_id)
         rows = await self._all(statement.order_by(r.step_id).with_for_update() if for_update else statement)
-        return {row["step_id"]: row["position"] for row in rows}
+        return {row["step_id"]: dict(row["scores"]) for row in rows}
 
-    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None:
-        if not positions:
+    async def save(
+        self, tenant: str, workflow_id: uuid.UUID, scores: Mapping[str, Mapping[str, int]]
+    ) -> None:
+        if not scores:
             return
+        statement = insert(t.round_robin_positions)
         await self._conn.execute(
-            insert(t.round_robin_positions)
-            .values(
+            statement.values(
                 [
-                    {"tenant_id": tenant, "workflow_id": workflow_id, "step_id": s, "position": p}
-                    for s, p in positions.items()
+                    {"tenant_id": tenant, "workflow_id": workflow_id, "step_id": step, "scores": dict(values)}
+                    for step, values in scores.items()
                 ]
-            )
-            .on_conflict_do_update(
+            ).on_conflict_do_update(
                 index_elements=["tenant_id", "workflow_id", "step_id"],
-                set_={"position": insert(t.round_robin_positions).excluded.position},
+                set_={"scores": statement.excluded.scores},
             )
         )
 

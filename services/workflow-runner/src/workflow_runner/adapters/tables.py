@@ -148,15 +148,23 @@ workflow_versions = Table(
     CheckConstraint("version >= 1", name="ck_workflow_versions_version"),
 )
 
-# Next position in each Assign User step's user list. Rows are created at publish so that an
-# enrollment can lock them (SELECT ... FOR UPDATE) and concurrent enrollments take turns.
+# Round robin state of each Assign User step (smooth weighted scores; decision 0011). Rows are
+# created at publish so that an enrollment can lock them (SELECT ... FOR UPDATE) and concurrent
+# enrollments take turns.
 round_robin_positions = Table(
     "round_robin_positions",
     metadata,
     Column("tenant_id", TENANT, nullable=False),
     Column("workflow_id", Uuid, nullable=False),
     Column("step_id", Text, nullable=False),
-    Column("position", Integer, nullable=False, server_default="0"),
+    Column("position", Integer, nullable=False, server_default="0", comment="Unused since 0003 (scores)"),
+    Column(
+        "scores",
+        JSONB,
+        nullable=False,
+        server_default=text("'{}'::jsonb"),
+        comment="Smooth weighted round robin: user id -> running score",
+    ),
     PrimaryKeyConstraint("tenant_id", "workflow_id", "step_id", name="pk_round_robin_positions"),
 )
 

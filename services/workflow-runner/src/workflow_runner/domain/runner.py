@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from workflow_runner.domain.assignment import smooth_weighted_pick
 from workflow_runner.domain.enrollments import (
     ActionStatus,
     ActionType,
@@ -56,8 +57,9 @@ DomainEvent = ActionRequested | ContactAssigned | EnrollmentCompleted
 class RunContext:
     """Everything a run may read or change.
 
-    ``contact`` may get a new owner. ``round_robin`` maps an Assign User step id to the position of
-    the next user to pick in that step's list, for this workflow; the runner advances it.
+    ``contact`` may get a new owner. ``round_robin`` maps an Assign User step id to that step's
+    smooth weighted round robin scores (user id text -> score), for this workflow; the runner
+    updates them (see ``assignment``).
     ``users`` holds the tenant's users the run may need (step users and the contact's owner).
     """
 
@@ -65,7 +67,7 @@ class RunContext:
     version: WorkflowVersion
     contact: Contact
     users: Mapping[uuid.UUID, User]
-    round_robin: MutableMapping[str, int]
+    round_robin: MutableMapping[str, dict[str, int]]
     now: datetime
     new_id: Callable[[], uuid.UUID] = uuid.uuid4
 
@@ -87,19 +89,6 @@ class RunResult:
 class FinishKind(StrEnum):
     COMPLETED = "completed"
     DELETED = "deleted"
-
-
-def pick_round_robin(
-    user_ids: Sequence[uuid.UUID], position: int, available: Mapping[uuid.UUID, object]
-) -> tuple[uuid.UUID | None, int]:
-    """The user at ``position`` (wrapping), skipping users that are not ``available``; returns the
-    pick and the position after it. ``(None, position)`` when nobody is available."""
-    count = len(user_ids)
-    for attempt in range(count):
-        index = (position + attempt) % count
-        if user_ids[index] in available:
-            return user_ids[index], (index + 1) % count
-    return None, position % count if count else 0
 
 
 def start(enrollment: Enrollment, ctx: RunContext) -> RunResult:
@@ -201,26 +190,41 @@ def _assign_user(enrollment: Enrollment, step: AssignUser, ctx: RunContext, resu
             user_id=str(previous),
         )
         return
-    existing = {uid: u for uid, u in ctx.users.items() if u.deleted_at is None}
-    user_id, next_position = pick_round_robin(step.user_ids, ctx.round_robin.get(step.id, 0), existing)
-    if user_id is None:
-        enrollment.record(
-            step.id,
-            ctx.now,
-            HistoryEvent.ASSIGNMENT_FAILED,
-            reason="none of the step's users exists any more",
-        )
-        return
-    ctx.round_robin[step.id] = next_position
-    contact.assign_to(user_id, ctx.now)
+    candidates: list[tuple[uuid.UUID, int]] = []
+    passed_over: list[str] = []
+    for index, user_id in enumerate(step.user_ids):
+        found = ctx.users.get(user_id)
+        if found is not None and found.can_take_work(
+            ctx.now, respect_working_hours=step.respect_working_hours
+        ):
+            candidates.append((user_id, step.weight_of(index)))
+        else:
+            passed_over.append(str(user_id))
+    picked = smooth_weighted_pick(ctx.round_robin.setdefault(step.id, {}), candidates)
+    reason = "round robin"
+    if picked is None:
+        fallback = ctx.users.get(step.fallback_user_id) if step.fallback_user_id else None
+        if fallback is None or fallback.deleted_at is not None:
+            enrollment.record(
+                step.id,
+                ctx.now,
+                HistoryEvent.ASSIGNMENT_FAILED,
+                reason="nobody of the step is available; contact left as it was",
+                unavailable_user_ids=passed_over,
+            )
+            return
+        picked, reason = fallback.id, "fallback: nobody of the step is available"
+    contact.assign_to(picked, ctx.now)
     enrollment.record(
         step.id,
         ctx.now,
         HistoryEvent.USER_ASSIGNED,
-        user_id=str(user_id),
+        user_id=str(picked),
         previous_user_id=str(previous) if previous else None,
+        reason=reason,
+        unavailable_user_ids=passed_over,
     )
-    result.events.append(ContactAssigned(contact.id, user_id, previous))
+    result.events.append(ContactAssigned(contact.id, picked, previous))
 
 
 def _manual_action(enrollment: Enrollment, step: ManualStep, ctx: RunContext) -> ManualAction:

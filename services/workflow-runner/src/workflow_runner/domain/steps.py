@@ -36,13 +36,22 @@ class StepType(StrEnum):
 
 @dataclass(frozen=True)
 class AssignUser:
-    """Make one of ``user_ids`` the contact's owner, in round robin. With ``only_unassigned``,
-    a contact that already has an owner keeps it."""
+    """Make one of ``user_ids`` the contact's owner, by smooth weighted round robin
+    (``weights``, aligned with ``user_ids``; all 1 when not given). With ``only_unassigned``, a
+    contact that already has an owner keeps it. Users away or out of office are skipped, and so
+    are users outside their working hours when ``respect_working_hours``. When nobody is left,
+    ``fallback_user_id`` gets the contact if set; otherwise it is left as it was."""
 
     id: str
     user_ids: tuple[uuid.UUID, ...]
     only_unassigned: bool = False
+    weights: tuple[int, ...] = ()
+    respect_working_hours: bool = False
+    fallback_user_id: uuid.UUID | None = None
     type: StepType = StepType.ASSIGN_USER
+
+    def weight_of(self, index: int) -> int:
+        return self.weights[index] if self.weights else 1
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,50 @@ def _parse_assign_user(r: _Reader, step_id: str, known_user_ids: Collection[uuid
             r.problem(f"user_ids[{position}]", f"user {user_id} does not exist")
             ok = False
         user_ids.append(user_id)
-    if not ok:
+    weights = _weights(r, len(raw_ids))
+    respect_working_hours = r.flag("respect_working_hours")
+    fallback: uuid.UUID | None = None
+    raw_fallback = r.spec.get("fallback_user_id")
+    if raw_fallback is not None:
+        try:
+            fallback = uuid.UUID(str(raw_fallback))
+        except ValueError:
+            r.problem("fallback_user_id", f"{str(raw_fallback)[:60]!r} is not a user id")
+            ok = False
+        else:
+            if known_user_ids is not None and fallback not in known_user_ids:
+                r.problem("fallback_user_id", f"user {fallback} does not exist")
+                ok = False
+    if not ok or weights is None:
         return None
-    return AssignUser(id=step_id, user_ids=tuple(user_ids), only_unassigned=only_unassigned)
+    return AssignUser(
+        id=step_id,
+        user_ids=tuple(user_ids),
+        only_unassigned=only_unassigned,
+        weights=weights,
+        respect_working_hours=respect_working_hours,
+        fallback_user_id=fallback,
+    )
+
+
+MAX_WEIGHT = 1000
+
+
+def _weights(r: _Reader, count: int) -> tuple[int, ...] | None:
+    """``weights``: one positive integer per user (uneven round robin); () when absent."""
+    raw = r.spec.get("weights")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) != count:
+        r.problem("weights", "must be a list with one weight per user in user_ids")
+        return None
+    weights: list[int] = []
+    for position, value in enumerate(raw):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
+            r.problem(f"weights[{position}]", f"must be a whole number from 1 to {MAX_WEIGHT}")
+            return None
+        weights.append(value)
+    return tuple(weights)
 
 
 def _parse_manual_sms(r: _Reader, step_id: str, _known: Collection[uuid.UUID] | None) -> Step | None:
@@ -165,7 +215,10 @@ def _parse_manual_call(r: _Reader, step_id: str, _known: Collection[uuid.UUID] |
 
 _Parser = Callable[[_Reader, str, Collection[uuid.UUID] | None], Step | None]
 _PARSERS: dict[StepType, tuple[_Parser, frozenset[str]]] = {
-    StepType.ASSIGN_USER: (_parse_assign_user, frozenset({"user_ids", "only_unassigned"})),
+    StepType.ASSIGN_USER: (
+        _parse_assign_user,
+        frozenset({"user_ids", "only_unassigned", "weights", "respect_working_hours", "fallback_user_id"}),
+    ),
     StepType.MANUAL_SMS: (_parse_manual_sms, frozenset({"action_name", "message"})),
     StepType.MANUAL_CALL: (_parse_manual_call, frozenset({"action_name", "notes"})),
 }
@@ -223,7 +276,10 @@ def referenced_user_ids(specs: Sequence[StepSpec]) -> set[uuid.UUID]:
     for spec in specs:
         if isinstance(spec, Mapping) and spec.get("type") == StepType.ASSIGN_USER:
             raw_ids = spec.get("user_ids")
-            for raw in raw_ids if isinstance(raw_ids, list) else []:
+            mentioned = list(raw_ids) if isinstance(raw_ids, list) else []
+            if spec.get("fallback_user_id") is not None:
+                mentioned.append(spec["fallback_user_id"])
+            for raw in mentioned:
                 try:
                     found.add(uuid.UUID(str(raw)))
                 except ValueError:

@@ -290,6 +290,7 @@ async def _run_context(
 ) -> runner.RunContext:
     steps = version.steps()
     wanted = {u for s in steps if isinstance(s, AssignUser) for u in s.user_ids}
+    wanted |= {s.fallback_user_id for s in steps if isinstance(s, AssignUser) and s.fallback_user_id}
     if contact.owner_user_id is not None:
         wanted.add(contact.owner_user_id)
     users = await uow.users.get_many(workflow.tenant, wanted, include_deleted=True)
@@ -320,7 +321,7 @@ async def _apply(
     if result.contact_changed:
         await uow.contacts.update(ctx.contact)
         await uow.publish(CONTACTS, contact_updated(ctx.contact, causation_id=causation_id))
-        await uow.round_robin.save(ctx.contact.tenant, workflow_id, dict(ctx.round_robin))
+        await uow.round_robin.save(ctx.contact.tenant, workflow_id, ctx.round_robin)
     action = result.action
     if action is not None:
         await uow.actions.add(action)

@@ -8,7 +8,7 @@ entity behaves exactly like asking for a missing one. Implemented with SQLAlchem
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -164,14 +164,19 @@ class ActionRepository(Protocol):
 
 class RoundRobinRepository(Protocol):
     async def ensure(self, tenant: str, workflow_id: uuid.UUID, step_ids: Collection[str]) -> None:
-        """Create a position (0) for each step that has none."""
+        """Create the round robin state (no scores yet) of each step that has none."""
         ...
 
-    async def load(self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True) -> dict[str, int]:
-        """Next position per Assign User step; locked until commit so concurrent enrollments take turns."""
+    async def load(
+        self, tenant: str, workflow_id: uuid.UUID, *, for_update: bool = True
+    ) -> dict[str, dict[str, int]]:
+        """Round robin scores per Assign User step (user id text -> score); locked until commit so
+        concurrent enrollments take turns and see each other's picks."""
         ...
 
-    async def save(self, tenant: str, workflow_id: uuid.UUID, positions: dict[str, int]) -> None: ...
+    async def save(
+        self, tenant: str, workflow_id: uuid.UUID, scores: Mapping[str, Mapping[str, int]]
+    ) -> None: ...
 
 
 class UnitOfWork(Protocol):
