@@ -206,6 +206,46 @@ def test_generator_check_mode_fails_on_a_stale_file(
     assert generate.main(["--check"]) == 0
 
 
+def test_check_mode_covers_the_generated_tables_of_events_md(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = (generate.DEFAULT_DOCS_DIR / "events.md").read_text("utf-8")
+    # asyncapi.yaml as the generator writes it for this folder (its schema $refs are relative)
+    asyncapi = tmp_path / "asyncapi.yaml"
+    asyncapi.write_text(generate.rendered_files(tmp_path)[asyncapi], "utf-8")
+    # no events.md at all
+    assert generate.main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    assert "events.md: missing" in capsys.readouterr().err
+    # the checked-in page is current
+    (tmp_path / "events.md").write_text(real, "utf-8")
+    assert generate.main(["--check", "--docs-dir", str(tmp_path)]) == 0
+    # a table that lags behind the registry (a topic row missing) is stale
+    contacts_row = next(
+        line for line in real.splitlines() if line.startswith("| `manual-actions.contacts` |")
+    )
+    (tmp_path / "events.md").write_text(real.replace(contacts_row + "\n", ""), "utf-8")
+    assert generate.main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    assert "events.md: differs" in capsys.readouterr().err
+    # regenerating puts the row back and keeps the hand-written prose byte for byte
+    assert generate.render_events_doc(real.replace(contacts_row + "\n", "")) == real
+    # without its markers the tables have nowhere to go: an error naming the marker
+    start, _ = generate.section_markers("messages")
+    (tmp_path / "events.md").write_text(real.replace(start, ""), "utf-8")
+    assert generate.main(["--check", "--docs-dir", str(tmp_path)]) == 1
+    assert start in capsys.readouterr().err
+
+
+def test_events_md_tables_list_every_topic_and_message_of_the_registry() -> None:
+    text = (generate.DEFAULT_DOCS_DIR / "events.md").read_text("utf-8")
+    for t in registry.topics():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{t.name}` |"))
+        assert f"`{t.cleanup_policy}`" in row, t.name
+        if t.key.payload_field:
+            assert f"`data.{t.key.payload_field}`" in row, t.name
+    for payload in ALL_MESSAGES:
+        assert f"| {payload.message_type} | {payload.message_version} | {payload.kind} |" in text
+
+
 def test_asyncapi_document_describes_every_topic_and_message() -> None:
     document = generate.asyncapi_document(generate.DEFAULT_DOCS_DIR)
     assert document["asyncapi"] == "3.0.0"
