@@ -248,7 +248,7 @@ class ActionExpired(Payload):
 
 
 class ActionFailed(Payload):
-    """The action cannot be done at all (e.g. Twilio rejected the number for good); it left the queue."""
+    """The action cannot be done: its SMS failed on every allowed attempt (three); it left the queue."""
 
     message_type: ClassVar[str] = "ActionFailed"
     action_id: uuid.UUID
