@@ -90,7 +90,7 @@ class Envelope(BaseModel, Generic[P]):
     tenant: str = Field(min_length=1, max_length=64, description="Owning tenant id.")
     subject: str = Field(
         min_length=1,
-        description="Entity the message is about (action, contact or user id, per topic); also the Kafka key.",
+        description="Entity the message is about (action, contact or user id); also the Kafka key.",
     )
     sequence: int = Field(
         ge=1,
