@@ -72,7 +72,6 @@ from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from manual_actions.contracts import Envelope, Payload
-from manual_actions.db import create_engine, ensure_database, run_migrations
 from manual_actions.faults import crash_point
 from manual_actions.http import create_app, problem
 from manual_actions.kafka import (
@@ -80,11 +79,10 @@ from manual_actions.kafka import (
     BatchHandler,
     Delivered,
     PermanentError,
-    create_producer,
-    ensure_topics,
 )
 from manual_actions.logging import configure_logging
-from manual_actions.outbox import OutboxRelay, add_to_outbox, create_outbox_tables, drop_outbox_tables
+from manual_actions.outbox import add_to_outbox, create_outbox_tables, drop_outbox_tables
+from manual_actions.runtime import start_core
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
 from manual_actions.twilio_http import RewritingTwilioHttpClient
@@ -932,15 +930,8 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
         raise SystemExit(f"{settings.service_name}: Twilio is not configured; set {', '.join(missing)}")
     if not settings.consumer_group_id:
         raise SystemExit(f"{settings.service_name}: CONSUMER_GROUP_ID is empty")
-    await ensure_database(settings.database_url)
-    await run_migrations(spec.migrations_dir, settings.database_url)
-    await ensure_topics(settings.kafka_bootstrap_servers)
-
-    engine = create_engine(settings.database_url)
-    producer = create_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(engine, producer, batch_size=settings.outbox_batch_size,
-                        poll_interval_ms=settings.outbox_poll_interval_ms)
+    core = await start_core(settings, spec.migrations_dir)
+    engine, producer = core.engine, core.producer
     dispatcher = Dispatcher(engine, spec.table, spec.target(settings), make_client(settings), settings,
                             name=f"{settings.service_name}-dispatcher")
     consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=[spec.commands_topic],
@@ -956,10 +947,10 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
         app=app,
         engine=engine,
         dispatcher=dispatcher,
-        background=[relay.run, consumer.run, dispatcher.run],
+        background=[core.relay.run, consumer.run, dispatcher.run],
         # The consumer dead-letters through the producer, so it stops before the producer; the
         # dispatcher finishes its requests in flight before the engine goes.
-        on_shutdown=[consumer.stop, dispatcher.stop, relay.stop, producer.stop, engine.dispose],
+        on_shutdown=[consumer.stop, dispatcher.stop, *core.shutdown_steps()],
     )
 
 

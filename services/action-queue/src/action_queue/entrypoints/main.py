@@ -17,11 +17,9 @@ from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from action_queue.entrypoints.http import build_app
 from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop
-from manual_actions.auth import IdentityStore
-from manual_actions.db import create_engine, ensure_database, run_migrations
-from manual_actions.kafka import BatchConsumer, create_producer, ensure_topics
+from manual_actions.kafka import BatchConsumer
 from manual_actions.logging import configure_logging
-from manual_actions.outbox import OutboxRelay
+from manual_actions.runtime import open_identity_store, start_core
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
 
@@ -55,19 +53,9 @@ class Service:
 
 async def build_service(settings: Settings) -> Service:
     """Prepare the database and topics and wire every component (also used by the integration tests)."""
-    await ensure_database(settings.database_url)
-    await run_migrations(MIGRATIONS_DIR, settings.database_url)
-    await ensure_topics(settings.kafka_bootstrap_servers)
-
-    engine = create_engine(settings.database_url)
-    identity_engine = create_engine(settings.identity_database_url, pool_size=2)
-    identity = IdentityStore(identity_engine)
-    await identity.create_schema()
-
-    producer = create_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(engine, producer, batch_size=settings.outbox_batch_size,
-                        poll_interval_ms=settings.outbox_poll_interval_ms)
+    core = await start_core(settings, MIGRATIONS_DIR)
+    identity, identity_engine = await open_identity_store(settings)
+    engine, producer = core.engine, core.producer
     uow = SqlUnitOfWorkFactory(engine)
     consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=TOPICS,
                              handler=batch_handler(uow), producer=producer)
@@ -78,9 +66,9 @@ async def build_service(settings: Settings) -> Service:
     return Service(
         app=app,
         uow=uow,
-        background=[relay.run, consumer.run, maintenance.run, bulk.run],
+        background=[core.relay.run, consumer.run, maintenance.run, bulk.run],
         # The consumer dead-letters through the producer, so it stops first.
-        on_shutdown=[consumer.stop, relay.stop, producer.stop, engine.dispose, identity_engine.dispose],
+        on_shutdown=[consumer.stop, *core.shutdown_steps(), identity_engine.dispose],
     )
 
 
