@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope, topics
 
@@ -78,3 +79,28 @@ async def produce(bootstrap: str, envelope: Envelope[Any]) -> None:
         )
     finally:
         await producer.stop()
+
+
+async def wait_caught_up(bootstrap: str, group: str, *, within_s: float = 60.0) -> None:
+    """Wait until consumer group ``group`` has committed every message written so far.
+
+    A crash-point test must crash on its own event, not on a backlog other tests left behind.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await probe.start()
+    try:
+        deadline = time.monotonic() + within_s
+        behind: dict[Any, tuple[int, int]] = {}
+        while time.monotonic() < deadline:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await probe.end_offsets(list(committed))
+            behind = {tp: (meta.offset, ends[tp]) for tp, meta in committed.items() if meta.offset < ends[tp]}
+            if committed and not behind:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"consumer group {group} still behind: {behind}")
+    finally:
+        await probe.stop()
+        await admin.close()

@@ -17,7 +17,7 @@ import pytest
 
 from devstack.processes import ServiceProcesses
 from manual_actions import faults
-from tests.e2e.support import action_queued, api, eventually, produce, run_async
+from tests.e2e.support import action_queued, api, eventually, produce, run_async, wait_caught_up
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +30,10 @@ def test_action_exists_exactly_once_after_sigkill(
     workflow_id = uuid.uuid4()
     queue = api(services.url("action-queue"), admin_token)
 
+    # Produce a marker first, so the group has a committed offset on the topic, then wait until
+    # the group has worked off every message other tests left on the shared topics.
+    run_async(produce(stack.kafka_bootstrap, action_queued(tenant, uuid.uuid4())))
+    run_async(wait_caught_up(stack.kafka_bootstrap, "action-queue"))
     services.kill("action-queue", signal.SIGTERM)
     services.start(["action-queue"], env={faults.CRASH_AT_ENV: point})
     run_async(produce(stack.kafka_bootstrap, action_queued(tenant, workflow_id)))
