@@ -3,12 +3,9 @@ of everything on our topics, and ``eventually``."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +16,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from action_queue.entrypoints.main import Service, Settings
+from devstack.testing import eventually
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import Envelope, topics
 
@@ -48,20 +46,6 @@ class Recorder:
         """The envelopes on ``topic`` about ``subject`` (of ``message_type``, if given), in order."""
         return [e for e in self.envelopes(topic)
                 if e.get("subject") == str(subject) and message_type in (None, e.get("type"))]
-
-
-async def eventually(probe: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
-    """Await until ``probe()`` (sync or async) is truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 @dataclass

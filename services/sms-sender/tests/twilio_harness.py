@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import Table, select
 
+from devstack.testing import eventually
 from manual_actions.contracts import Envelope, decode
 from manual_actions.kafka import ensure_topics
 from manual_actions.twilio_support import (
@@ -43,20 +43,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(probe: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
-    """Await until ``probe()`` (sync or async) is truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 async def position_group_at_end(bootstrap: str, group: str, topic: str) -> None:

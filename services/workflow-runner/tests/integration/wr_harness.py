@@ -4,12 +4,9 @@ PostgreSQL and Kafka from the session's ``stack``), a recorder of the action-lif
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
+from devstack.testing import eventually
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import ActionCompleted, ActionDeleted, ActionType, Envelope, topics
 from workflow_runner.entrypoints.main import Service, Settings
@@ -53,20 +51,6 @@ class Recorder:
             for r in self.raw("ActionQueued")
             if json.loads(r.value)["data"]["enrollment_id"] == str(enrollment_id)
         ]  # type: ignore[arg-type]
-
-
-async def eventually(probe: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
-    """Await until ``probe()`` (sync or async) is truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 @dataclass
