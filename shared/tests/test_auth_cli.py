@@ -90,7 +90,11 @@ async def test_console_script_reads_identity_database_url(identity_url: str) -> 
     created = await asyncio.to_thread(
         subprocess.run,
         [str(script), "token", "create", "--tenant", tenant, "--role", "manager"],
-        env=env, check=True, capture_output=True, text=True, timeout=60,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     token = created.stdout.strip()
     assert parse_token(token) is not None and created.stdout == token + "\n"

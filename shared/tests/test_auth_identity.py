@@ -175,6 +175,7 @@ async def test_list_tokens_shows_metadata_not_secrets(store: IdentityStore) -> N
 
 # -- the FastAPI dependencies -----------------------------------------------------------------
 
+
 def build_app(store: IdentityStore) -> FastAPI:
     app = create_app("auth-test")
     app.state.identity = store

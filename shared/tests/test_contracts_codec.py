@@ -134,9 +134,17 @@ def test_decode_document_accepts_a_parsed_document() -> None:
 def test_wrap_encode_decode_round_trip() -> None:
     action_id = uuid.uuid4()
     envelope = Envelope.wrap(
-        SendSms(command_id=uuid.uuid4(), action_id=action_id, to="+447700900123",
-                body="Hi Sam, your appointment is confirmed for 3pm.", requested_by=None),
-        source="action-queue", tenant="acme-roofing", subject=str(action_id), sequence=4,
+        SendSms(
+            command_id=uuid.uuid4(),
+            action_id=action_id,
+            to="+447700900123",
+            body="Hi Sam, your appointment is confirmed for 3pm.",
+            requested_by=None,
+        ),
+        source="action-queue",
+        tenant="acme-roofing",
+        subject=str(action_id),
+        sequence=4,
     )
     decoded = decode(encode(envelope))
     assert decoded == envelope

@@ -39,7 +39,11 @@ def test_dead_lettering_a_dead_letter_replaces_the_old_dlq_headers() -> None:
         reason="first", original_topic="a", original_partition=0, original_offset=1, consumer_group="g1"
     )
     second = dead_letters.dead_letter_headers(
-        reason="second", original_topic="b", original_partition=2, original_offset=3, consumer_group="g2",
+        reason="second",
+        original_topic="b",
+        original_partition=2,
+        original_offset=3,
+        consumer_group="g2",
         original_headers=first,
     )
     assert [name for name, _ in second] == list(dead_letters.HEADERS)
@@ -47,23 +51,31 @@ def test_dead_lettering_a_dead_letter_replaces_the_old_dlq_headers() -> None:
 
 
 def test_long_reasons_are_cut() -> None:
-    headers = dict(dead_letters.dead_letter_headers(
-        reason="é" * 5000, original_topic="t", original_partition=0, original_offset=0, consumer_group="g"
-    ))
+    headers = dict(
+        dead_letters.dead_letter_headers(
+            reason="é" * 5000, original_topic="t", original_partition=0, original_offset=0, consumer_group="g"
+        )
+    )
     assert len(headers[dead_letters.REASON]) <= dead_letters.MAX_REASON_BYTES
     headers[dead_letters.REASON].decode()  # still valid UTF-8
 
 
 def test_missing_or_bad_headers_are_named() -> None:
     with pytest.raises(ValueError, match=r"dlq\.consumer_group"):
-        dead_letters.parse_dead_letter_headers([
-            (dead_letters.REASON, b"r"), (dead_letters.ORIGINAL_TOPIC, b"t"),
-            (dead_letters.ORIGINAL_PARTITION, b"0"), (dead_letters.ORIGINAL_OFFSET, b"0"),
-            (dead_letters.FAILED_AT, b"2025-03-04T10:00:00+00:00"),
-        ])
-    headers = dict(dead_letters.dead_letter_headers(
-        reason="r", original_topic="t", original_partition=0, original_offset=0, consumer_group="g"
-    ))
+        dead_letters.parse_dead_letter_headers(
+            [
+                (dead_letters.REASON, b"r"),
+                (dead_letters.ORIGINAL_TOPIC, b"t"),
+                (dead_letters.ORIGINAL_PARTITION, b"0"),
+                (dead_letters.ORIGINAL_OFFSET, b"0"),
+                (dead_letters.FAILED_AT, b"2025-03-04T10:00:00+00:00"),
+            ]
+        )
+    headers = dict(
+        dead_letters.dead_letter_headers(
+            reason="r", original_topic="t", original_partition=0, original_offset=0, consumer_group="g"
+        )
+    )
     headers[dead_letters.ORIGINAL_OFFSET] = b"twelve"
     with pytest.raises(ValueError, match=r"dlq\.original_offset"):
         dead_letters.parse_dead_letter_headers(headers)

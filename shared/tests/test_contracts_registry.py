@@ -14,9 +14,7 @@ from manual_actions.contracts.codec import PAYLOADS
 from manual_actions.contracts.envelope import Envelope
 from manual_actions.contracts.messages import ALL_MESSAGES
 
-TOPIC_CONSTANTS = {
-    value for name, value in vars(topics).items() if name.isupper() and isinstance(value, str)
-}
+TOPIC_CONSTANTS = {value for name, value in vars(topics).items() if name.isupper() and isinstance(value, str)}
 
 # Who writes and reads what, as docs/architecture.md describes it (plus the dashboard and
 # workflow-runner on action-lifecycle). A change here is a change of the architecture.
@@ -36,15 +34,22 @@ AQ_TRANSITIONS = (
     "ActionFailed",
 )
 EXPECTED_MESSAGES = {
-    topics.ACTION_LIFECYCLE: {("ActionQueued", 1), ("ActionCompleted", 1), ("ActionDeleted", 1),
-                              *((name, 1) for name in AQ_TRANSITIONS)},
+    topics.ACTION_LIFECYCLE: {
+        ("ActionQueued", 1),
+        ("ActionQueued", 2),
+        ("ActionCompleted", 1),
+        ("ActionDeleted", 1),
+        *((name, 1) for name in AQ_TRANSITIONS),
+    },
     topics.SMS_COMMANDS: {("SendSms", 1)},
     topics.CALL_COMMANDS: {("PlaceCall", 1)},
     topics.SMS_RESULTS: {("SmsSent", 1), ("SmsFailed", 1)},
     topics.CALL_RESULTS: {("CallCompleted", 1)},
     topics.DEAD_LETTERS: set(),
-    topics.CONTACTS: {("ContactUpdated", 1)},
+    topics.CONTACTS: {("ContactUpdated", 1), ("ContactUpdated", 2)},
     topics.USERS: {("UserUpdated", 1)},
+    topics.ACTION_COMMANDS: {("CancelAction", 1)},
+    topics.SMS_INBOUND: {("SmsReceived", 1)},
 }
 EXPECTED_PRODUCERS = {
     topics.ACTION_LIFECYCLE: {
@@ -57,6 +62,8 @@ EXPECTED_PRODUCERS = {
     topics.CALL_RESULTS: {"dialer": {"CallCompleted"}},
     topics.CONTACTS: {"workflow-runner": {"ContactUpdated"}},
     topics.USERS: {"workflow-runner": {"UserUpdated"}},
+    topics.ACTION_COMMANDS: {"workflow-runner": {"CancelAction"}},
+    topics.SMS_INBOUND: {"sms-sender": {"SmsReceived"}},
 }
 EXPECTED_CONSUMERS = {
     topics.ACTION_LIFECYCLE: {"action-queue", "workflow-runner", "dashboard"},
@@ -66,23 +73,28 @@ EXPECTED_CONSUMERS = {
     topics.CALL_RESULTS: {"action-queue"},
     topics.DEAD_LETTERS: set(),
     topics.CONTACTS: {"action-queue"},
-    topics.USERS: set(),
+    topics.USERS: {"action-queue"},
+    topics.ACTION_COMMANDS: {"action-queue"},
+    topics.SMS_INBOUND: {"workflow-runner"},
 }
 # The directory topics: the newest state per entity, compacted, keyed by the entity id.
 DIRECTORY_KEYS = {topics.CONTACTS: "contact_id", topics.USERS: "user_id"}
+# Inbound SMS are about a phone number before anyone knows which contact sent them.
+OTHER_KEYS = {topics.SMS_INBOUND: "from_phone"}
 SERVICES = {"workflow-runner", "action-queue", "sms-sender", "dialer", "dashboard"}
 
 
 def test_registry_topic_names_equal_the_constants_in_topics_py() -> None:
     assert {t.name for t in registry.topics()} == TOPIC_CONSTANTS
-    assert len(TOPIC_CONSTANTS) == 8
+    assert len(TOPIC_CONSTANTS) == 10
 
 
 def test_topic_files_are_named_after_the_topic() -> None:
     for t in registry.topics():
         assert t.name == f"manual-actions.{t.short_name}"
         assert registry.topic(t.name) is t
-    assert len({hash(t) for t in registry.topics()}) == 8  # usable in sets and as dict keys
+    # usable in sets and as dict keys
+    assert len({hash(t) for t in registry.topics()}) == len(TOPIC_CONSTANTS)
 
 
 def test_unknown_topic_is_a_key_error_naming_it() -> None:
@@ -121,14 +133,17 @@ def test_every_topic_is_keyed_by_action_id_with_six_partitions_and_delete_policy
             assert t.key.payload_field is None
             assert t.value_format == registry.ORIGINAL_BYTES
         else:
-            assert t.key.payload_field == "action_id"
+            assert t.key.payload_field == OTHER_KEYS.get(t.name, "action_id")
             assert t.value_format == registry.ENVELOPE
 
 
 def test_every_payload_class_is_on_exactly_the_expected_topics() -> None:
     for payload in ALL_MESSAGES:
-        expected = sorted(n for n, carried in EXPECTED_MESSAGES.items()
-                          if (payload.message_type, payload.message_version) in carried)
+        expected = sorted(
+            n
+            for n, carried in EXPECTED_MESSAGES.items()
+            if (payload.message_type, payload.message_version) in carried
+        )
         assert registry.topic_for_message(payload.message_type) == expected, payload.message_type
         assert len(expected) == 1
     assert registry.topic_for_message("NoSuchThing") == []
@@ -150,7 +165,10 @@ def test_envelope_topics_document_the_headers_envelopes_carry() -> None:
         PAYLOADS[("ActionDeleted", 1)].model_validate(
             registry.examples_for("ActionDeleted", 1)["created-by-mistake"]["data"]
         ),
-        source="action-queue", tenant="acme-roofing", subject="x", sequence=1,
+        source="action-queue",
+        tenant="acme-roofing",
+        subject="x",
+        sequence=1,
     )
     names = [name for name, _ in envelope.kafka_headers()]
     for t in registry.topics():
@@ -162,8 +180,12 @@ def test_dead_letter_header_constants_equal_the_registry() -> None:
     dlq = registry.topic(topics.DEAD_LETTERS)
     assert tuple(dlq.headers) == dead_letters.HEADERS
     assert dead_letters.HEADERS == (
-        "dlq.reason", "dlq.original_topic", "dlq.original_partition", "dlq.original_offset",
-        "dlq.consumer_group", "dlq.failed_at",
+        "dlq.reason",
+        "dlq.original_topic",
+        "dlq.original_partition",
+        "dlq.original_offset",
+        "dlq.consumer_group",
+        "dlq.failed_at",
     )
 
 
@@ -261,12 +283,15 @@ def test_asyncapi_document_describes_every_topic_and_message() -> None:
         ref = message["payload"]["schema"]["$ref"]
         # the relative reference from docs/ resolves to the checked-in schema
         resolved = (generate.DEFAULT_DOCS_DIR / ref).resolve()
-        assert json.loads(resolved.read_text())["$id"] == registry.schema_for(
-            payload.message_type, payload.message_version)["$id"]
+        assert (
+            json.loads(resolved.read_text())["$id"]
+            == registry.schema_for(payload.message_type, payload.message_version)["$id"]
+        )
         assert message["examples"], payload.message_type
     operations = document["operations"]
     assert operations["workflow-runner.send.action-lifecycle"]["messages"] == [
-        {"$ref": "#/channels/action-lifecycle/messages/ActionQueued.v1"}
+        {"$ref": "#/channels/action-lifecycle/messages/ActionQueued.v1"},
+        {"$ref": "#/channels/action-lifecycle/messages/ActionQueued.v2"},
     ]
     assert operations["dashboard.receive.action-lifecycle"]["action"] == "receive"
 

@@ -62,7 +62,10 @@ def start_service(mode: str) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", SERVICE_SCRIPT, str(port), mode],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
     )
     return process, port
 
@@ -145,8 +148,12 @@ async def test_in_process_crash_cancels_other_loops_before_on_shutdown() -> None
     settings = ServiceSettings(service_name="serve-inproc", http_port=0)
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
-        await serve(create_app("serve-inproc"), settings, background=[steady, crashing],
-                    on_shutdown=[first, failing, last])
+        await serve(
+            create_app("serve-inproc"),
+            settings,
+            background=[steady, crashing],
+            on_shutdown=[first, failing, last],
+        )
 
     assert exit_info.value.code == 1
     assert events == ["steady cancelled", "first shutdown", "failing shutdown", "last shutdown"]

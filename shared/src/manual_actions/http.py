@@ -128,8 +128,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, ProblemError):
         return problem_response(
-            exc.status_code, exc.title, exc.problem_detail,
-            instance=request.url.path, extra=exc.extra, headers=exc.headers,
+            exc.status_code,
+            exc.title,
+            exc.problem_detail,
+            instance=request.url.path,
+            extra=exc.extra,
+            headers=exc.headers,
         )
     extra: dict[str, object] = {}
     detail: str | None
@@ -143,8 +147,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         detail = None
         extra = {"errors": exc.detail}
     return problem_response(
-        exc.status_code, _reason(exc.status_code), detail,
-        instance=request.url.path, extra=extra, headers=exc.headers,
+        exc.status_code,
+        _reason(exc.status_code),
+        detail,
+        instance=request.url.path,
+        extra=extra,
+        headers=exc.headers,
     )
 
 
@@ -215,9 +223,11 @@ class _ObservedRequests:
             if response_started:
                 raise  # too late for a problem document; the server closes the connection
             response = problem_response(
-                500, "Internal Server Error",
+                500,
+                "Internal Server Error",
                 "An unexpected error occurred. Quote the request id when reporting it.",
-                instance=scope["path"], extra={"request_id": request_id},
+                instance=scope["path"],
+                extra={"request_id": request_id},
             )
             await response(scope, receive, send_with_request_id)
         finally:
@@ -228,9 +238,17 @@ class _ObservedRequests:
             HTTP_REQUEST_DURATION.labels(**labels).observe(elapsed)
             access_logger.log(
                 logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
-                "%s %s %s", scope["method"], scope["path"], status,
-                extra={"method": scope["method"], "route": route, "path": scope["path"],
-                       "status": status, "duration_ms": round(elapsed * 1000, 2)},
+                "%s %s %s",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
             )
             reset_log_context(token)
 
@@ -276,7 +294,9 @@ def create_app(
         return {"status": "ok", "service": service_name}
 
     @app.get(
-        "/ready", tags=["operations"], summary="Every dependency this process needs is reachable",
+        "/ready",
+        tags=["operations"],
+        summary="Every dependency this process needs is reachable",
         responses={503: {"description": "At least one readiness check failed (problem+json)."}},
     )
     async def ready(request: Request) -> Response:
@@ -298,8 +318,11 @@ def create_app(
         failing = [name for (name, _), error in zip(checks, results, strict=True) if error]
         if failing:
             return problem_response(
-                503, "Not ready", f"Failing readiness checks: {', '.join(failing)}",
-                instance=request.url.path, extra={"failing": failing, "checks": outcome},
+                503,
+                "Not ready",
+                f"Failing readiness checks: {', '.join(failing)}",
+                instance=request.url.path,
+                extra={"failing": failing, "checks": outcome},
             )
         return JSONResponse({"status": "ready", "checks": outcome})
 

@@ -68,7 +68,8 @@ class JsonLineFormatter(JsonFormatter):
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
     ) -> None:
         log_data["time"] = (
-            datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+            datetime.fromtimestamp(record.created, tz=UTC)
+            .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z")
         )
         log_data["level"] = record.levelname

@@ -106,8 +106,11 @@ async def serve(
         else:
             if server.should_exit:
                 return
-            logger.error("Background loop %s returned while the service was running; stopping the service",
-                         name, extra={"loop": name})
+            logger.error(
+                "Background loop %s returned while the service was running; stopping the service",
+                name,
+                extra={"loop": name},
+            )
             failed.append(name)
         request_stop()
 

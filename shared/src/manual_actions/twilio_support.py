@@ -147,9 +147,7 @@ class TwilioSettings(ServiceSettings):
         default=SecretStr(""), description="Auth token: authenticates requests and signs webhooks."
     )
     twilio_api_base_url: str = Field(default="", description="Twilio API origin; empty = the real Twilio.")
-    twilio_from_number: str = Field(
-        default="", description="Our number (E.164) texts and calls come from."
-    )
+    twilio_from_number: str = Field(default="", description="Our number (E.164) texts and calls come from.")
     public_base_url: str = Field(default="", description="Where Twilio reaches our webhooks.")
     twilio_request_timeout_seconds: float = Field(default=10.0, gt=0)
 
@@ -230,9 +228,7 @@ def twilio_request_verifier(settings: TwilioSettings) -> Callable[[Request], Awa
     async def verified_twilio_params(request: Request) -> TwilioParams:
         body = await request.body()
         try:
-            params: TwilioParams = ImmutableMultiDict(
-                parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-            )
+            params: TwilioParams = ImmutableMultiDict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         except UnicodeDecodeError:
             params = ImmutableMultiDict()
             signature_ok = False
@@ -263,15 +259,20 @@ def required_param(params: TwilioParams, name: str) -> str:
     """The webhook parameter ``name``; 422 problem+json naming it when it is missing or blank."""
     value = params.get(name)
     if not value:
-        raise problem(422, f"{name} is missing", f"This Twilio webhook must carry {name}.",
-                      field=f"form.{name}")
+        raise problem(
+            422, f"{name} is missing", f"This Twilio webhook must carry {name}.", field=f"form.{name}"
+        )
     return value
 
 
 def unknown_command(command_id: uuid.UUID, resource: str) -> Exception:
     """The 404 problem for a webhook about a command this service never stored."""
-    return problem(404, f"Unknown {resource}", f"No {resource} exists for command {command_id}.",
-                   field="query.command_id")
+    return problem(
+        404,
+        f"Unknown {resource}",
+        f"No {resource} exists for command {command_id}.",
+        field="query.command_id",
+    )
 
 
 # --- the outgoing table ---------------------------------------------------------------------------
@@ -310,8 +311,12 @@ def outgoing_schema(table_name: str) -> list[SchemaItem]:
         Column("results_published", Integer, nullable=False, server_default="0"),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Index(f"ix_{table_name}_due", "next_attempt_at", "created_at",
-              postgresql_where=text("status = 'pending'")),
+        Index(
+            f"ix_{table_name}_due",
+            "next_attempt_at",
+            "created_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
         Index(f"ix_{table_name}_sending", "claimed_at", postgresql_where=text("status = 'sending'")),
         Index(f"ix_{table_name}_tenant_action", "tenant_id", "action_id"),
     ]
@@ -325,8 +330,9 @@ def callback_schema(outgoing_table_name: str) -> list[SchemaItem]:
     return [
         Column("id", BigInteger, primary_key=True, autoincrement=True),
         Column("tenant_id", Text, nullable=False),
-        Column("command_id", Uuid, ForeignKey(f"{outgoing_table_name}.command_id"), nullable=False,
-               index=True),
+        Column(
+            "command_id", Uuid, ForeignKey(f"{outgoing_table_name}.command_id"), nullable=False, index=True
+        ),
         Column("twilio_sid", Text, nullable=True),
         Column("twilio_status", Text, nullable=False),
         Column("params", JSONB, nullable=False, comment="The callback's form parameters, as received."),
@@ -356,8 +362,10 @@ def drop_twilio_tables(outgoing: str, callbacks: str) -> None:
 async def lock_row(conn: AsyncConnection, table: Table, command_id: uuid.UUID) -> OutgoingRow | None:
     """The row of ``command_id``, locked FOR UPDATE in the caller's transaction (None if absent)."""
     found = (
-        await conn.execute(select(table).where(table.c.command_id == command_id).with_for_update())
-    ).mappings().one_or_none()
+        (await conn.execute(select(table).where(table.c.command_id == command_id).with_for_update()))
+        .mappings()
+        .one_or_none()
+    )
     return dict(found) if found is not None else None
 
 
@@ -384,7 +392,10 @@ async def record_callback(
         return None
     await conn.execute(
         insert(callbacks).values(
-            tenant_id=row["tenant_id"], command_id=command_id, twilio_sid=sid, twilio_status=status,
+            tenant_id=row["tenant_id"],
+            command_id=command_id,
+            twilio_sid=sid,
+            twilio_status=status,
             params=dict(params),
         )
     )
@@ -461,8 +472,9 @@ async def stage_result(
             update(table)
             .where(table.c.command_id == command_id)
             .values(results_published=table.c.results_published + 1, updated_at=func.now())
-            .returning(table.c.results_published, table.c.tenant_id, table.c.action_id,
-                       table.c.command_message_id)
+            .returning(
+                table.c.results_published, table.c.tenant_id, table.c.action_id, table.c.command_message_id
+            )
         )
     ).one()
     envelope = Envelope.wrap(
@@ -530,8 +542,14 @@ def classify_twilio_error(exc: BaseException) -> RequestOutcome:
             if isinstance(cause, NewConnectionError | NameResolutionError | ConnectTimeoutError):
                 return RequestOutcome.RETRY
             reason = getattr(cause, "reason", None)
-            cause = reason if isinstance(reason, BaseException) else (
-                cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else cause.__cause__
+            cause = (
+                reason
+                if isinstance(reason, BaseException)
+                else (
+                    cause.args[0]
+                    if cause.args and isinstance(cause.args[0], BaseException)
+                    else cause.__cause__
+                )
             )
             seen += 1
     return RequestOutcome.UNKNOWN
@@ -668,20 +686,22 @@ class Dispatcher:
         settled = 0
         async with self._engine.begin() as conn:
             rows = (
-                await conn.execute(
-                    select(t)
-                    .where(t.c.status == DispatchStatus.SENDING.value)
-                    .order_by(t.c.claimed_at)
-                    .limit(100)
-                    .with_for_update(skip_locked=True)
+                (
+                    await conn.execute(
+                        select(t)
+                        .where(t.c.status == DispatchStatus.SENDING.value)
+                        .order_by(t.c.claimed_at)
+                        .limit(100)
+                        .with_for_update(skip_locked=True)
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
             for found in rows:
                 row = dict(found)
                 alive = not (
-                    await conn.execute(
-                        select(func.pg_try_advisory_xact_lock(_lock_key(row["command_id"])))
-                    )
+                    await conn.execute(select(func.pg_try_advisory_xact_lock(_lock_key(row["command_id"]))))
                 ).scalar_one()
                 if alive:
                     continue  # its worker is making the request right now
@@ -700,8 +720,11 @@ class Dispatcher:
                 TWILIO_ABANDONED_REQUESTS.labels("unknown").inc()
                 logger.error(
                     "twilio request abandoned by a dead worker: outcome unknown, not resent",
-                    extra={"command_id": str(row["command_id"]), "tenant": row["tenant_id"],
-                           "operation": self._target.operation},
+                    extra={
+                        "command_id": str(row["command_id"]),
+                        "tenant": row["tenant_id"],
+                        "operation": self._target.operation,
+                    },
                 )
                 await self._target.failed(conn, row, failure)
         return settled
@@ -774,14 +797,22 @@ class Dispatcher:
             # 'sending' can tell from this lock whether its worker is alive.
             await conn.execute(select(func.pg_advisory_lock(_lock_key(command_id))))
             row = (
-                await conn.execute(
-                    update(t)
-                    .where(t.c.command_id == command_id)
-                    .values(status=DispatchStatus.SENDING.value, attempts=t.c.attempts + 1,
-                            claimed_at=func.now(), updated_at=func.now())
-                    .returning(t)
+                (
+                    await conn.execute(
+                        update(t)
+                        .where(t.c.command_id == command_id)
+                        .values(
+                            status=DispatchStatus.SENDING.value,
+                            attempts=t.c.attempts + 1,
+                            claimed_at=func.now(),
+                            updated_at=func.now(),
+                        )
+                        .returning(t)
+                    )
                 )
-            ).mappings().one()
+                .mappings()
+                .one()
+            )
         return dict(row)
 
     async def _release(self, conn: AsyncConnection, key: int) -> None:
@@ -819,24 +850,32 @@ class Dispatcher:
     ) -> None:
         t = self._table
         command_id = claimed["command_id"]
-        log_extra = {"command_id": str(command_id), "tenant": claimed["tenant_id"],
-                     "operation": self._target.operation}
+        log_extra = {
+            "command_id": str(command_id),
+            "tenant": claimed["tenant_id"],
+            "operation": self._target.operation,
+        }
         async with conn.begin():
             row = await lock_row(conn, t, command_id)
             assert row is not None, "outgoing rows are never deleted"
             if outcome is not RequestOutcome.ACCEPTED and row["twilio_sid"]:
                 # A status callback arrived during the request: whatever the request's own
                 # answer was, Twilio has the resource, so the row is accepted, not failed.
-                logger.warning("twilio request failed but a callback had already given its sid",
-                               extra={**log_extra, "error": repr(error)})
+                logger.warning(
+                    "twilio request failed but a callback had already given its sid",
+                    extra={**log_extra, "error": repr(error)},
+                )
                 outcome, sid = RequestOutcome.ACCEPTED, row["twilio_sid"]
             if outcome is RequestOutcome.ACCEPTED:
                 assert sid is not None
                 await conn.execute(
-                    update(t).where(t.c.command_id == command_id).values(
+                    update(t)
+                    .where(t.c.command_id == command_id)
+                    .values(
                         status=DispatchStatus.ACCEPTED.value,
                         twilio_sid=func.coalesce(t.c.twilio_sid, sid),
-                        last_error=None, updated_at=func.now(),
+                        last_error=None,
+                        updated_at=func.now(),
                     )
                 )
                 logger.info("twilio accepted the request", extra={**log_extra, "sid": sid})
@@ -847,14 +886,19 @@ class Dispatcher:
             if outcome is RequestOutcome.RETRY and row["attempts"] < self._settings.dispatch_max_attempts:
                 delay = self._settings.dispatch_retry_base_seconds * 2 ** (row["attempts"] - 1)
                 await conn.execute(
-                    update(t).where(t.c.command_id == command_id).values(
-                        status=DispatchStatus.PENDING.value, last_error=description,
+                    update(t)
+                    .where(t.c.command_id == command_id)
+                    .values(
+                        status=DispatchStatus.PENDING.value,
+                        last_error=description,
                         next_attempt_at=func.now() + timedelta(seconds=delay),
                         updated_at=func.now(),
                     )
                 )
-                logger.warning("twilio not reached; retrying later",
-                               extra={**log_extra, "error": description, "retry_in_seconds": delay})
+                logger.warning(
+                    "twilio not reached; retrying later",
+                    extra={**log_extra, "error": description, "retry_in_seconds": delay},
+                )
                 return
             if outcome is RequestOutcome.REJECTED:
                 failure = DispatchFailure(FailureKind.REJECTED, description, code, twilio_message)
@@ -875,9 +919,16 @@ class Dispatcher:
                 status = DispatchStatus.UNKNOWN
             await self._set_status(conn, row, status, failure.reason)
             log = logger.error if status is DispatchStatus.UNKNOWN else logger.warning
-            log("twilio request did not succeed",
-                extra={**log_extra, "error": description, "error_code": code, "settled_as": status.value,
-                       "details": getattr(error, "details", None)})
+            log(
+                "twilio request did not succeed",
+                extra={
+                    **log_extra,
+                    "error": description,
+                    "error_code": code,
+                    "settled_as": status.value,
+                    "details": getattr(error, "details", None),
+                },
+            )
             await self._target.failed(conn, row, failure)
 
     async def _set_status(
@@ -885,9 +936,9 @@ class Dispatcher:
     ) -> None:
         t = self._table
         await conn.execute(
-            update(t).where(t.c.command_id == row["command_id"]).values(
-                status=status.value, last_error=last_error, updated_at=func.now()
-            )
+            update(t)
+            .where(t.c.command_id == row["command_id"])
+            .values(status=status.value, last_error=last_error, updated_at=func.now())
         )
 
 
@@ -932,10 +983,21 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
         raise SystemExit(f"{settings.service_name}: CONSUMER_GROUP_ID is empty")
     core = await start_core(settings, spec.migrations_dir)
     engine, producer = core.engine, core.producer
-    dispatcher = Dispatcher(engine, spec.table, spec.target(settings), make_client(settings), settings,
-                            name=f"{settings.service_name}-dispatcher")
-    consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=[spec.commands_topic],
-                             handler=spec.intake(engine, dispatcher.wake), producer=producer)
+    dispatcher = Dispatcher(
+        engine,
+        spec.table,
+        spec.target(settings),
+        make_client(settings),
+        settings,
+        name=f"{settings.service_name}-dispatcher",
+    )
+    consumer = BatchConsumer(
+        settings,
+        group_id=settings.consumer_group_id,
+        topics=[spec.commands_topic],
+        handler=spec.intake(engine, dispatcher.wake),
+        producer=producer,
+    )
 
     async def database_reachable() -> None:
         async with engine.connect() as conn:
@@ -964,7 +1026,6 @@ def twilio_main(settings: TwilioSettings, spec: TwilioServiceSpec) -> None:
     """A Twilio-facing service's console entry point: JSON logs, then ``run_twilio_service``."""
     configure_logging(settings.service_name, settings.log_level)
     asyncio.run(run_twilio_service(settings, spec))
-
 
 
 __all__ = [

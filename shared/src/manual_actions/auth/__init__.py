@@ -71,7 +71,9 @@ async def _principal_from_request(
 ) -> Principal:
     if credentials is None:
         raise problem(
-            401, "Unauthorized", "Send an API token in the header 'Authorization: Bearer <token>'.",
+            401,
+            "Unauthorized",
+            "Send an API token in the header 'Authorization: Bearer <token>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     store = getattr(request.app.state, "identity", None)
@@ -81,12 +83,16 @@ async def _principal_from_request(
         principal = await store.authenticate(credentials.credentials)
     except (DBAPIError, OSError) as exc:
         raise problem(
-            503, "Identity store unavailable", "The token could not be checked; retry shortly.",
+            503,
+            "Identity store unavailable",
+            "The token could not be checked; retry shortly.",
             headers={"Retry-After": "5"},
         ) from exc
     if principal is None:
         raise problem(
-            401, "Unauthorized", "The bearer token is unknown, malformed or revoked.",
+            401,
+            "Unauthorized",
+            "The bearer token is unknown, malformed or revoked.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     request.state.principal = principal
@@ -113,9 +119,11 @@ def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
         if principal.role not in allowed:
             names = " or ".join(role.value for role in allowed)
             raise problem(
-                403, "Forbidden", f"This operation requires role {names}; the token has role "
-                f"{principal.role.value}.",
-                required_roles=[role.value for role in allowed], role=principal.role.value,
+                403,
+                "Forbidden",
+                f"This operation requires role {names}; the token has role {principal.role.value}.",
+                required_roles=[role.value for role in allowed],
+                role=principal.role.value,
             )
         return principal
 

@@ -76,8 +76,18 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         elif args.action == "list":
             for info in await store.list_tokens(args.tenant):
                 revoked = info.revoked_at.isoformat() if info.revoked_at else "-"
-                print("\t".join([info.id, info.role.value, str(info.user_id or "-"),
-                                 info.created_at.isoformat(), revoked, info.label]))
+                print(
+                    "\t".join(
+                        [
+                            info.id,
+                            info.role.value,
+                            str(info.user_id or "-"),
+                            info.created_at.isoformat(),
+                            revoked,
+                            info.label,
+                        ]
+                    )
+                )
         else:
             await store.revoke_token(args.token_id)
             print(f"token {args.token_id} revoked", file=sys.stderr)

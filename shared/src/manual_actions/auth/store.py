@@ -189,8 +189,9 @@ class IdentityStore:
         async with self._engine.begin() as conn:
             await conn.execute(statement)
 
-    async def issue_token(self, tenant: str, role: Role, user_id: uuid.UUID | None = None,
-                          label: str = "") -> str:
+    async def issue_token(
+        self, tenant: str, role: Role, user_id: uuid.UUID | None = None, label: str = ""
+    ) -> str:
         """Return a new plaintext token (shown once); store only its hash.
 
         Raises ``UnknownTenantError`` if the tenant does not exist.
@@ -201,8 +202,12 @@ class IdentityStore:
             async with self._engine.begin() as conn:
                 await conn.execute(
                     api_tokens.insert().values(
-                        id=token_id, tenant_id=tenant, role=Role(role).value, user_id=user_id,
-                        secret_hash=_hash_secret(secret), label=label,
+                        id=token_id,
+                        tenant_id=tenant,
+                        role=Role(role).value,
+                        user_id=user_id,
+                        secret_hash=_hash_secret(secret),
+                        label=label,
                     )
                 )
         except IntegrityError as exc:
@@ -234,16 +239,25 @@ class IdentityStore:
         """The tenant's tokens, newest first, revoked ones included."""
         async with self._engine.connect() as conn:
             rows = (
-                await conn.execute(
-                    select(api_tokens)
-                    .where(api_tokens.c.tenant_id == tenant)
-                    .order_by(api_tokens.c.created_at.desc(), api_tokens.c.id)
+                (
+                    await conn.execute(
+                        select(api_tokens)
+                        .where(api_tokens.c.tenant_id == tenant)
+                        .order_by(api_tokens.c.created_at.desc(), api_tokens.c.id)
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
         return [
             TokenInfo(
-                id=row["id"], tenant=row["tenant_id"], role=Role(row["role"]), user_id=row["user_id"],
-                label=row["label"], created_at=row["created_at"], revoked_at=row["revoked_at"],
+                id=row["id"],
+                tenant=row["tenant_id"],
+                role=Role(row["role"]),
+                user_id=row["user_id"],
+                label=row["label"],
+                created_at=row["created_at"],
+                revoked_at=row["revoked_at"],
             )
             for row in rows
         ]
@@ -262,8 +276,7 @@ class IdentityStore:
 
     async def _lookup(self, token_id: str, secret: str) -> Principal | None:
         query = (
-            select(api_tokens.c.tenant_id, api_tokens.c.role, api_tokens.c.user_id,
-                   api_tokens.c.secret_hash)
+            select(api_tokens.c.tenant_id, api_tokens.c.role, api_tokens.c.user_id, api_tokens.c.secret_hash)
             .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
             .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
         )
@@ -273,8 +286,9 @@ class IdentityStore:
             return None
         if not hmac.compare_digest(row["secret_hash"], _hash_secret(secret)):
             return None
-        return Principal(tenant=row["tenant_id"], role=Role(row["role"]), user_id=row["user_id"],
-                         token_id=token_id)
+        return Principal(
+            tenant=row["tenant_id"], role=Role(row["role"]), user_id=row["user_id"], token_id=token_id
+        )
 
     def _remember(self, key: bytes, entry: _CacheEntry) -> None:
         if len(self._cache) >= self._cache_max_entries:

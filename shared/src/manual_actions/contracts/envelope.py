@@ -78,9 +78,7 @@ def _envelope_json_schema_extra(schema: dict[str, Any], envelope_class: type[Any
 class Envelope(BaseModel, Generic[P]):
     """A message on the wire: metadata plus one typed payload."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", json_schema_extra=_envelope_json_schema_extra
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_envelope_json_schema_extra)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique message id; dedupe key.")
     type: str = Field(description="Payload type, e.g. ActionQueued.")

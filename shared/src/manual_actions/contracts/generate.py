@@ -33,7 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_DOCS_DIR = PACKAGE_DIR.parents[3] / "docs"
 
 #: Version of the AsyncAPI document (``info.version``); bump it when the contract changes.
-ASYNCAPI_DOCUMENT_VERSION = "1.0.0"
+ASYNCAPI_DOCUMENT_VERSION = "1.1.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 # AsyncAPI's name for "this payload is a JSON Schema of that dialect".
 SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
@@ -117,10 +117,12 @@ def asyncapi_document(docs_dir: Path) -> dict[str, Any]:
                 "payload": {
                     "description": "The original message value, byte for byte (possibly not JSON at all).",
                 },
-                "bindings": {"kafka": {
-                    "key": {"type": "string", "description": t.key.description},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }},
+                "bindings": {
+                    "kafka": {
+                        "key": {"type": "string", "description": t.key.description},
+                        "bindingVersion": KAFKA_BINDING_VERSION,
+                    }
+                },
             }
         for message_type, version in t.messages:
             message_id = _message_id(message_type, version)
@@ -139,15 +141,19 @@ def asyncapi_document(docs_dir: Path) -> dict[str, Any]:
                     "schemaFormat": SCHEMA_FORMAT,
                     "schema": {"$ref": Path(os.path.relpath(schema_file, docs_dir)).as_posix()},
                 },
-                "bindings": {"kafka": {
-                    "key": {"type": "string", "format": "uuid", "description": t.key.description},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }},
+                "bindings": {
+                    "kafka": {
+                        "key": {"type": "string", "format": "uuid", "description": t.key.description},
+                        "bindingVersion": KAFKA_BINDING_VERSION,
+                    }
+                },
                 "examples": [
                     {
                         "name": name,
                         "headers": {
-                            "type": message_type, "version": str(version), "tenant": example["tenant"]
+                            "type": message_type,
+                            "version": str(version),
+                            "tenant": example["tenant"],
                         },
                         "payload": example,
                     }
@@ -160,15 +166,17 @@ def asyncapi_document(docs_dir: Path) -> dict[str, Any]:
             "description": f"{t.description}\n\nKey: {t.key.description}",
             "servers": [{"$ref": "#/servers/kafka"}],
             "messages": channel_messages,
-            "bindings": {"kafka": {
-                "topic": t.name,
-                "partitions": t.partitions,
-                "topicConfiguration": {
-                    "cleanup.policy": t.cleanup_policy.split(","),
-                    "retention.ms": t.retention_ms,
-                },
-                "bindingVersion": KAFKA_BINDING_VERSION,
-            }},
+            "bindings": {
+                "kafka": {
+                    "topic": t.name,
+                    "partitions": t.partitions,
+                    "topicConfiguration": {
+                        "cleanup.policy": t.cleanup_policy.split(","),
+                        "retention.ms": t.retention_ms,
+                    },
+                    "bindingVersion": KAFKA_BINDING_VERSION,
+                }
+            },
         }
 
         def refs(types: Sequence[str] | None, t: registry.Topic = t) -> list[dict[str, str]]:
@@ -191,10 +199,12 @@ def asyncapi_document(docs_dir: Path) -> dict[str, Any]:
                 "channel": {"$ref": f"#/channels/{t.short_name}"},
                 "summary": f"{service} consumes {t.name} in consumer group {service}.",
                 "messages": refs(None),
-                "bindings": {"kafka": {
-                    "groupId": {"type": "string", "enum": [service]},
-                    "bindingVersion": KAFKA_BINDING_VERSION,
-                }},
+                "bindings": {
+                    "kafka": {
+                        "groupId": {"type": "string", "enum": [service]},
+                        "bindingVersion": KAFKA_BINDING_VERSION,
+                    }
+                },
             }
     return {
         "asyncapi": "3.0.0",
@@ -305,8 +315,10 @@ def topics_table() -> str:
 def messages_table() -> str:
     """The "The messages" table of docs/events.md: one row per payload class, in ``ALL_MESSAGES`` order."""
     rows = [
-        _TABLE_NOTICE.format(source="the payload classes in shared/src/manual_actions/contracts/messages.py "
-                                    "(first paragraph of the docstring) and topics/*.yaml"),
+        _TABLE_NOTICE.format(
+            source="the payload classes in shared/src/manual_actions/contracts/messages.py "
+            "(first paragraph of the docstring) and topics/*.yaml"
+        ),
         "",
         "| type | version | kind | topic | what happened / what to do |",
         "|---|---|---|---|---|",
@@ -365,7 +377,11 @@ def rendered_files(docs_dir: Path = DEFAULT_DOCS_DIR) -> dict[Path, str]:
         path = PACKAGE_DIR / registry.schema_path(payload.message_type, payload.message_version)
         files[path] = _json_text(envelope_schema(payload))
     asyncapi = yaml.dump(
-        asyncapi_document(docs_dir), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100,
+        asyncapi_document(docs_dir),
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
         default_flow_style=False,
     )
     files[docs_dir / "asyncapi.yaml"] = GENERATED_NOTICE + asyncapi
@@ -423,11 +439,18 @@ def write(docs_dir: Path = DEFAULT_DOCS_DIR) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m manual_actions.contracts.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m manual_actions.contracts.generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
-    parser.add_argument("--docs-dir", type=Path, default=DEFAULT_DOCS_DIR,
-                        help="where asyncapi.yaml and events.md are (default: the repository's docs/)")
+    parser.add_argument(
+        "--docs-dir",
+        type=Path,
+        default=DEFAULT_DOCS_DIR,
+        help="where asyncapi.yaml and events.md are (default: the repository's docs/)",
+    )
     args = parser.parse_args(argv)
     docs_dir: Path = args.docs_dir.resolve()
     if not docs_dir.is_dir():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from manual_actions.contracts.envelope import Payload
+from manual_actions.contracts.upcasting import upcaster
 
 E164 = r"^\+[1-9][0-9]{6,14}$"
 
@@ -39,7 +40,48 @@ class ContactSnapshot(Payload):
 
 
 class ActionQueued(Payload):
-    """A workflow step queued a manual action for a person."""
+    """A workflow step queued a manual action for a person.
+
+    Version 2 adds ``due_at`` (when the action should be worked; queues order by priority, then due
+    time, then age) and ``message_template`` (the SMS step's template, so the queue can render the
+    text again from the contact's current data at the moment of work).
+    """
+
+    message_type: ClassVar[str] = "ActionQueued"
+    message_version: ClassVar[int] = 2
+    action_id: uuid.UUID
+    action_type: ActionType
+    action_name: str = Field(description="Internal action name set on the workflow step.")
+    workflow_id: uuid.UUID
+    workflow_version: int = Field(ge=1)
+    workflow_name: str
+    step_id: str
+    enrollment_id: uuid.UUID
+    contact: ContactSnapshot
+    assignee_user_id: uuid.UUID | None = Field(
+        description="Who must work it; null when nobody could be assigned."
+    )
+    message: str | None = Field(default=None, description="Rendered SMS text (SMS actions only).")
+    message_template: str | None = Field(
+        default=None,
+        description=(
+            "The step's SMS template with {{merge.fields}} (SMS actions only); rendered again with the "
+            "contact's current data when a person starts the action."
+        ),
+    )
+    notes: str | None = Field(default=None, description="Script or notes for the person (call actions).")
+    priority: int = Field(default=0, ge=0, le=100, description="Higher is worked first.")
+    queued_at: datetime
+    due_at: datetime | None = Field(
+        default=None, description="When it should be worked; null means as soon as possible."
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="If nobody worked the action by then, it expires (ActionExpired)."
+    )
+
+
+class ActionQueuedV1(Payload):
+    """Version 1 of ActionQueued (no due time, no message template); upcast to version 2."""
 
     message_type: ClassVar[str] = "ActionQueued"
     action_id: uuid.UUID
@@ -358,8 +400,30 @@ class ContactUpdated(Payload):
     """The current state of a contact, after it was created, changed, assigned or deleted.
 
     The latest message per contact (the topic is compacted) is all a consumer needs: opt-out and
-    do-not-disturb per channel decide whether an SMS or call may still be sent.
+    do-not-disturb per channel decide whether an SMS or call may still be sent. Version 2 adds
+    ``email`` and ``custom_fields``, so SMS texts can be rendered from current contact data.
     """
+
+    message_type: ClassVar[str] = "ContactUpdated"
+    message_version: ClassVar[int] = 2
+    contact_id: uuid.UUID
+    name: str
+    phone: str | None = Field(default=None, pattern=E164)
+    email: str | None = None
+    timezone: str | None = Field(default=None, description="IANA time zone name.")
+    custom_fields: dict[str, str] = Field(
+        default_factory=dict, description="The tenant's own fields (merge fields `contact.custom.<name>`)."
+    )
+    opted_out: ChannelFlags = Field(description="The contact asked not to be reached on this channel.")
+    do_not_disturb: ChannelFlags = Field(description="A person paused this channel for the contact.")
+    tags: list[str] = Field(default_factory=list)
+    owner_user_id: uuid.UUID | None = None
+    deleted: bool = Field(default=False, description="True once the contact was deleted.")
+    updated_at: datetime
+
+
+class ContactUpdatedV1(Payload):
+    """Version 1 of ContactUpdated (no email, no custom fields); upcast to version 2."""
 
     message_type: ClassVar[str] = "ContactUpdated"
     contact_id: uuid.UUID
@@ -393,7 +457,42 @@ class UserUpdated(Payload):
     updated_at: datetime
 
 
+# --- commands to action-queue (topic manual-actions.action-commands) ----------------------------
+
+
+class CancelAction(Payload):
+    """Remove a manual action that is no longer wanted (its enrollment stopped, or its step timed
+    out with "cancel the action"). action-queue deletes it (ActionDeleted with ``reason``) unless
+    it already finished or an SMS or call for it is under way; then the command has no effect."""
+
+    message_type: ClassVar[str] = "CancelAction"
+    kind: ClassVar[str] = "command"
+    command_id: uuid.UUID
+    action_id: uuid.UUID
+    enrollment_id: uuid.UUID
+    reason: str = Field(min_length=1, max_length=200)
+    requested_at: datetime
+
+
+# --- inbound SMS (topic manual-actions.sms-inbound) --------------------------------------------
+
+
+class SmsReceived(Payload):
+    """A contact sent an SMS to one of the tenant's numbers (Twilio's signed incoming-message
+    webhook). ``keyword`` is set when the whole text is a carrier keyword: ``opt_out`` (STOP,
+    UNSUBSCRIBE, ...), ``opt_in`` (START, UNSTOP, ...) or ``help``; consumers act on it."""
+
+    message_type: ClassVar[str] = "SmsReceived"
+    message_sid: str = Field(pattern=r"^(SM|MM)[0-9a-fA-F]{32}$")
+    from_phone: str = Field(pattern=E164, description="The contact's number.")
+    to_phone: str = Field(pattern=E164, description="The tenant's number that received it.")
+    body: str = Field(max_length=1600)
+    keyword: str | None = Field(default=None, description="opt_out, opt_in, help, or null.")
+    received_at: datetime
+
+
 ALL_MESSAGES: tuple[type[Payload], ...] = (
+    ActionQueuedV1,
     ActionQueued,
     ActionCompleted,
     ActionDeleted,
@@ -414,6 +513,22 @@ ALL_MESSAGES: tuple[type[Payload], ...] = (
     SmsSent,
     SmsFailed,
     CallCompleted,
+    ContactUpdatedV1,
     ContactUpdated,
     UserUpdated,
+    CancelAction,
+    SmsReceived,
 )
+
+
+# --- upcasters (see upcasting.py) --------------------------------------------------------------
+
+
+@upcaster("ActionQueued", from_version=1)
+def _action_queued_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "message_template": None, "due_at": None}
+
+
+@upcaster("ContactUpdated", from_version=1)
+def _contact_updated_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "email": None, "custom_fields": {}}

@@ -38,8 +38,17 @@ ENVELOPE = "envelope"
 ORIGINAL_BYTES = "original-bytes"
 
 _TOPIC_FIELDS = {
-    "topic", "description", "key", "partitions", "cleanup_policy", "retention_ms", "value_format",
-    "producers", "consumers", "headers", "messages",
+    "topic",
+    "description",
+    "key",
+    "partitions",
+    "cleanup_policy",
+    "retention_ms",
+    "value_format",
+    "producers",
+    "consumers",
+    "headers",
+    "messages",
 }
 
 
@@ -105,12 +114,16 @@ def _parse_topic(short_name: str, raw: Any) -> Topic:
     _require(not unknown, where, f"unknown field(s) {sorted(unknown)}")
     _require(not missing, where, f"missing field(s) {sorted(missing)}")
     key = raw["key"]
-    _require(isinstance(key, dict) and set(key) == {"payload_field", "description"}, where,
-             "key needs exactly payload_field and description")
+    _require(
+        isinstance(key, dict) and set(key) == {"payload_field", "description"},
+        where,
+        "key needs exactly payload_field and description",
+    )
     _require(isinstance(raw["partitions"], int) and raw["partitions"] > 0, where, "partitions must be > 0")
     _require(raw["cleanup_policy"] in ("delete", "compact", "compact,delete"), where, "bad cleanup_policy")
-    _require(isinstance(raw["retention_ms"], int) and raw["retention_ms"] > 0, where,
-             "retention_ms must be > 0")
+    _require(
+        isinstance(raw["retention_ms"], int) and raw["retention_ms"] > 0, where, "retention_ms must be > 0"
+    )
     _require(raw["value_format"] in (ENVELOPE, ORIGINAL_BYTES), where, "bad value_format")
     producers = raw["producers"]
     _require(isinstance(producers, dict), where, "producers must map service -> message types")
@@ -118,10 +131,14 @@ def _parse_topic(short_name: str, raw: Any) -> Topic:
     _require(isinstance(raw["headers"], dict), where, "headers must map name -> meaning")
     messages: list[tuple[str, int]] = []
     for entry in raw["messages"] or []:
-        _require(isinstance(entry, dict) and set(entry) == {"type", "version"}, where,
-                 f"message entries need exactly type and version: {entry!r}")
-        _require(isinstance(entry["version"], int) and entry["version"] >= 1, where,
-                 f"bad version in {entry!r}")
+        _require(
+            isinstance(entry, dict) and set(entry) == {"type", "version"},
+            where,
+            f"message entries need exactly type and version: {entry!r}",
+        )
+        _require(
+            isinstance(entry["version"], int) and entry["version"] >= 1, where, f"bad version in {entry!r}"
+        )
         messages.append((str(entry["type"]), entry["version"]))
     _require(len(set(messages)) == len(messages), where, "a message is listed twice")
     return Topic(
