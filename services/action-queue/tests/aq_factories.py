@@ -23,6 +23,9 @@ def action_queued(
     queued_at: datetime = T0,
     workflow_id: uuid.UUID | None = None,
     expires_at: datetime | None = None,
+    due_at: datetime | None = None,
+    message_template: str | None = None,
+    contact_id: uuid.UUID | None = None,
 ) -> ActionQueued:
     return ActionQueued(
         action_id=action_id or uuid.uuid4(),
@@ -33,12 +36,14 @@ def action_queued(
         workflow_name="Inbound leads",
         step_id="sms1" if action_type is ActionType.SMS else "call1",
         enrollment_id=uuid.uuid4(),
-        contact=ContactSnapshot(contact_id=uuid.uuid4(), name=contact_name, phone=phone),
+        contact=ContactSnapshot(contact_id=contact_id or uuid.uuid4(), name=contact_name, phone=phone),
         assignee_user_id=assignee,
         message=message if action_type is ActionType.SMS else None,
         priority=priority,
         queued_at=queued_at,
         expires_at=expires_at,
+        due_at=due_at,
+        message_template=message_template if action_type is ActionType.SMS else None,
     )
 
 

@@ -12,8 +12,15 @@ from typing import Any, Self
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.checks import ContactState
-from action_queue.handlers.ports import ActionFilter, BulkRequest, BulkStatus, Cursor
+from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, BulkRequest, BulkStatus, Cursor, Sort
 from manual_actions.contracts import ActionType, Envelope
+
+
+def _after(sort: Sort, action: ManualAction, cursor: Cursor) -> bool:
+    for (_, descending), mine, theirs in zip(sort.columns, sort.values(action), cursor.values, strict=True):
+        if mine != theirs:
+            return bool(mine < theirs) if descending else bool(mine > theirs)
+    return False
 
 
 class FakeRepository:
@@ -43,7 +50,7 @@ class FakeRepository:
                               now: datetime) -> ManualAction | None:
         candidates = [a for a in self._store.values() if a.tenant == tenant
                       and a.assignee_user_id == assignee_user_id and a.is_reservable(now)]
-        candidates.sort(key=lambda a: (-a.priority, a.queued_at, a.id))
+        candidates.sort(key=lambda a: a.queue_key())
         return copy.deepcopy(candidates[0]) if candidates else None
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
@@ -51,13 +58,13 @@ class FakeRepository:
                  and (a.expiry_passed(now) or a.lease_lapsed(now) or a.snooze_over(now) or a.sms_due(now))]
         return [copy.deepcopy(a) for a in found[:limit]]
 
-    async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
-                   after: Cursor | None) -> Sequence[ManualAction]:
-        def matches(a: ManualAction) -> bool:
-            return (a.tenant == tenant and filters.matches(a)
-                    and (after is None or (a.queued_at, a.id) > (after.queued_at, after.id)))
-
-        found = sorted((a for a in self._store.values() if matches(a)), key=lambda a: (a.queued_at, a.id))
+    async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
+                   sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
+        found = sorted((a for a in self._store.values() if a.tenant == tenant and filters.matches(a)),
+                       key=sort.sort_key)
+        if after is not None:
+            # strictly after the cursor's position in this order
+            found = [a for a in found if _after(sort, a, after)]
         return [copy.deepcopy(a) for a in found[:limit]]
 
     async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:

@@ -21,8 +21,16 @@ from action_queue.adapters.tables import manual_actions as t
 from action_queue.adapters.tables import outbox as outbox_table
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
 from action_queue.domain.checks import ContactState
-from action_queue.domain.model import IDLE
-from action_queue.handlers.ports import ActionFilter, BulkOperation, BulkRequest, BulkStatus, Cursor
+from action_queue.domain.model import IDLE, TERMINAL
+from action_queue.handlers.ports import (
+    DEFAULT_SORT,
+    ActionFilter,
+    BulkOperation,
+    BulkRequest,
+    BulkStatus,
+    Cursor,
+    Sort,
+)
 from manual_actions import outbox as outbox_plumbing
 from manual_actions.contracts import ActionType, Envelope
 
@@ -69,6 +77,8 @@ def _row(action: ManualAction) -> dict[str, Any]:
         "priority": action.priority,
         "expires_at": action.expires_at,
         "queued_at": action.queued_at,
+        "due_at": action.due_at,
+        "message_template": action.message_template,
         **_mutable(action),
     }
 
@@ -112,6 +122,8 @@ def _action(row: RowMapping) -> ManualAction:
         scheduled_by=row["scheduled_by"],
         status_reason=row["status_reason"],
         expires_at=row["expires_at"],
+        due_at=row["due_at"],
+        message_template=row["message_template"],
         history=_history_from_json(row["history"]),
     )
 
@@ -164,7 +176,7 @@ class SqlActionRepository:
                     and_(t.c.status == ActionStatus.SNOOZED.value, t.c.snoozed_until <= now)),
                 or_(t.c.expires_at.is_(None), t.c.expires_at > now),
             )
-            .order_by(t.c.priority.desc(), t.c.queued_at, t.c.id)
+            .order_by(t.c.priority.desc(), t.c.effective_due_at, t.c.queued_at, t.c.id)
             .limit(1)
             # SKIP LOCKED: a row another caller is reserving right now is not waited for but passed
             # over, so concurrent callers each get a different action.
@@ -196,12 +208,13 @@ class SqlActionRepository:
                 found[row["id"]] = _action(row)
         return list(found.values())
 
-    async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
-                   after: Cursor | None) -> Sequence[ManualAction]:
+    async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
+                   sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
         statement = _filtered(select(t), tenant, filters)
+        columns = [(t.c[name], descending) for name, descending in sort.columns]
         if after is not None:
-            statement = statement.where(tuple_(t.c.queued_at, t.c.id) > tuple_(after.queued_at, after.id))
-        statement = statement.order_by(t.c.queued_at, t.c.id).limit(limit)
+            statement = statement.where(_after(columns, after.values))
+        statement = statement.order_by(*(c.desc() if d else c.asc() for c, d in columns)).limit(limit)
         rows = (await self._conn.execute(statement)).mappings().all()
         return [_action(row) for row in rows]
 
@@ -262,6 +275,21 @@ _SAVE_MANY = text(
 )
 
 
+def _after(columns: Sequence[tuple[Any, bool]], values: Sequence[Any]) -> Any:
+    """Keyset condition "strictly after ``values``" for columns sorted in mixed directions:
+    (c1 beyond v1) OR (c1 = v1 AND ((c2 beyond v2) OR (c2 = v2 AND ...))). When every column runs
+    the same way it is the row comparison PostgreSQL can serve from an index."""
+    if all(not d for _, d in columns):
+        return tuple_(*(c for c, _ in columns)) > tuple_(*values)
+    if all(d for _, d in columns):
+        return tuple_(*(c for c, _ in columns)) < tuple_(*values)
+    (column, descending), value = columns[0], values[0]
+    beyond = column < value if descending else column > value
+    if len(columns) == 1:
+        return beyond
+    return or_(beyond, and_(column == value, _after(columns[1:], values[1:])))
+
+
 def _filtered(statement: Select[Any], tenant: str, filters: ActionFilter) -> Select[Any]:
     """``statement`` limited to the tenant's actions that match ``filters``."""
     statement = statement.where(t.c.tenant_id == tenant)
@@ -277,6 +305,20 @@ def _filtered(statement: Select[Any], tenant: str, filters: ActionFilter) -> Sel
         pattern = _like_pattern(filters.contact)
         statement = statement.where(or_(t.c.contact_name.ilike(pattern, escape="\\"),
                                         t.c.contact_phone.ilike(pattern, escape="\\")))
+    if filters.assignees is not None:
+        statement = statement.where(t.c.assignee_user_id.in_(list(filters.assignees)))
+    if filters.overdue is not None and filters.as_of is not None:
+        overdue = and_(t.c.due_at.isnot(None), t.c.due_at < filters.as_of,
+                       t.c.status.not_in([s.value for s in TERMINAL]))
+        statement = statement.where(overdue if filters.overdue else ~overdue)
+    if filters.queued_from is not None:
+        statement = statement.where(t.c.queued_at >= filters.queued_from)
+    if filters.queued_to is not None:
+        statement = statement.where(t.c.queued_at < filters.queued_to)
+    if filters.due_from is not None:
+        statement = statement.where(t.c.effective_due_at >= filters.due_from)
+    if filters.due_to is not None:
+        statement = statement.where(t.c.effective_due_at < filters.due_to)
     return statement
 
 
@@ -287,7 +329,21 @@ def _filters_to_json(filters: ActionFilter) -> dict[str, Any]:
         "contact": filters.contact,
         "types": [x.value for x in filters.types],
         "statuses": [x.value for x in filters.statuses],
+        "assignees": [str(x) for x in filters.assignees] if filters.assignees is not None else None,
+        "overdue": filters.overdue,
+        **{name: _iso(getattr(filters, name)) for name in _FILTER_TIMES},
     }
+
+
+_FILTER_TIMES = ("as_of", "queued_from", "queued_to", "due_from", "due_to")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _time_or_none(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _uuid_or_none(value: str | None) -> uuid.UUID | None:
@@ -301,6 +357,10 @@ def _filters_from_json(document: dict[str, Any]) -> ActionFilter:
         contact=document.get("contact"),
         types=tuple(ActionType(x) for x in document.get("types", [])),
         statuses=tuple(ActionStatus(x) for x in document.get("statuses", [])),
+        assignees=(tuple(uuid.UUID(x) for x in document["assignees"])
+                   if document.get("assignees") is not None else None),
+        overdue=document.get("overdue"),
+        **{name: _time_or_none(document.get(name)) for name in _FILTER_TIMES},
     )
 
 

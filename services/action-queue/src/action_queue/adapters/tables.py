@@ -7,6 +7,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     Index,
     Integer,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Time,
     Uuid,
     func,
     text,
@@ -64,6 +66,13 @@ manual_actions = Table(
     Column("status_reason", Text, nullable=True),
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("queued_at", DateTime(timezone=True), nullable=False),
+    # ActionQueued v2: when it should be worked (null: as soon as possible) and the SMS template
+    # rendered again with the contact's current data when a person opens the action.
+    Column("due_at", DateTime(timezone=True), nullable=True),
+    Column("message_template", Text, nullable=True),
+    # What Let's Start and the due-time sort order by: an action without a due time is due when queued.
+    Column("effective_due_at", DateTime(timezone=True),
+           Computed("COALESCE(due_at, queued_at)", persisted=True), nullable=False),
     Column("completed_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("version", Integer, nullable=False),
@@ -79,16 +88,23 @@ manual_actions = Table(
     Index("ix_manual_actions_workflow", "tenant_id", "workflow_id"),
 )
 
-# Let's Start: an assignee's reservable actions in queue order (priority desc, queued_at, id).
+# Let's Start: an assignee's reservable actions in queue order
+# (priority desc, effective_due_at, queued_at, id).
 Index(
     "ix_manual_actions_queue",
     manual_actions.c.tenant_id,
     manual_actions.c.assignee_user_id,
     manual_actions.c.status,
     manual_actions.c.priority.desc(),
+    manual_actions.c.effective_due_at,
     manual_actions.c.queued_at,
     manual_actions.c.id,
 )
+# Listing sorted by due time or by priority (keyset pagination within a tenant).
+Index("ix_manual_actions_by_due", manual_actions.c.tenant_id, manual_actions.c.effective_due_at,
+      manual_actions.c.id)
+Index("ix_manual_actions_by_priority", manual_actions.c.tenant_id, manual_actions.c.priority,
+      manual_actions.c.effective_due_at, manual_actions.c.queued_at, manual_actions.c.id)
 
 # The maintenance loop's work: lapsed leases, ended snoozes and due scheduled SMS, each found by time.
 Index("ix_manual_actions_lease_due", manual_actions.c.lease_expires_at,
@@ -135,6 +151,10 @@ contacts = Table(
     Column("contact_id", Uuid, nullable=False),
     Column("phone", Text, nullable=True),
     Column("timezone", Text, nullable=True),
+    # ContactUpdated v2: what SMS templates are rendered with when a person opens an action.
+    Column("name", Text, nullable=True),
+    Column("email", Text, nullable=True),
+    Column("custom_fields", JSONB, nullable=False, server_default="{}"),
     Column("opted_out_sms", Boolean, nullable=False),
     Column("opted_out_call", Boolean, nullable=False),
     Column("dnd_sms", Boolean, nullable=False),
@@ -143,4 +163,43 @@ contacts = Table(
     Column("version", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("tenant_id", "contact_id", name="pk_contacts"),
+)
+
+# The team directory as workflow-runner publishes it (UserUpdated on the compacted topic
+# manual-actions.users): team scope of managers, the agent phone of calls, the user's time zone,
+# and availability for out of office. ``version`` is the envelope sequence of the state stored.
+users = Table(
+    "users",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("team_id", Uuid, nullable=True),
+    Column("phone", Text, nullable=True),
+    Column("timezone", Text, nullable=True),
+    Column("role", String(16), nullable=False),
+    Column("availability", String(16), nullable=False),
+    Column("unavailable_from", DateTime(timezone=True), nullable=True),
+    Column("unavailable_until", DateTime(timezone=True), nullable=True),
+    Column("deleted", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "user_id", name="pk_users"),
+    Index("ix_users_team", "tenant_id", "team_id"),
+)
+
+# Per-tenant queue settings (GET/PUT /v1/settings); a tenant without a row uses the defaults.
+tenant_settings = Table(
+    "tenant_settings",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("outcomes", JSONB, nullable=False),
+    Column("quiet_start", Time, nullable=False),
+    Column("quiet_end", Time, nullable=False),
+    Column("out_of_office", String(16), nullable=False),
+    Column("away_counts_as_out", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_by", Uuid, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", name="pk_tenant_settings"),
 )

@@ -170,6 +170,8 @@ class ManualAction:
     scheduled_by: uuid.UUID | None = None
     status_reason: str | None = None
     expires_at: datetime | None = None
+    due_at: datetime | None = None
+    message_template: str | None = None
     history: list[Transition] = field(default_factory=list)
 
     # --- creation --------------------------------------------------------------------------------
@@ -194,6 +196,8 @@ class ManualAction:
             status=ActionStatus.QUEUED,
             queued_at=event.queued_at,
             expires_at=event.expires_at,
+            due_at=event.due_at,
+            message_template=event.message_template,
             version=sequence,
             history=[Transition(at=event.queued_at, from_status=None, to_status=ActionStatus.QUEUED,
                                 reason=f"queued by workflow step {event.step_id}")],
@@ -204,6 +208,20 @@ class ManualAction:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def effective_due_at(self) -> datetime:
+        """When the action is due: its due time, or when it was queued if it has none (ASAP)."""
+        return self.due_at if self.due_at is not None else self.queued_at
+
+    def queue_key(self) -> tuple[int, datetime, datetime, uuid.UUID]:
+        """Let's Start order, ascending: priority desc, then due time, then age, then id."""
+        return (-self.priority, self.effective_due_at, self.queued_at, self.id)
+
+    def is_overdue(self, now: datetime) -> bool:
+        """Its explicit due time passed and it is still open. An action without a due time is wanted
+        as soon as possible and is never overdue."""
+        return self.due_at is not None and self.due_at < now and not self.is_terminal
 
     def lease_active(self, now: datetime) -> bool:
         return (self.status is ActionStatus.RESERVED and self.lease_expires_at is not None

@@ -50,7 +50,15 @@ from action_queue.entrypoints.schemas import (
 )
 from action_queue.handlers import bulk as bulk_handlers
 from action_queue.handlers import queue
-from action_queue.handlers.ports import ActionFilter, BulkOperation, BulkRequest, Cursor, UnitOfWorkFactory
+from action_queue.handlers.ports import (
+    ActionFilter,
+    BulkOperation,
+    BulkRequest,
+    Cursor,
+    Sort,
+    SortKey,
+    UnitOfWorkFactory,
+)
 from manual_actions.auth import IdentityStore, Principal, Role, require_roles
 from manual_actions.contracts import ActionType
 from manual_actions.http import create_app, problem
@@ -116,23 +124,70 @@ def _as_problem() -> Iterator[None]:
         raise problem(409, "Conflict", exc.detail) from exc
 
 
+def _invalid(field: str, message: str) -> Exception:
+    return problem(422, "Invalid field", f"Invalid {field}: {message}", field=field,
+                   errors=[{"field": field, "message": message}])
+
+
+def _cursor_value(name: str, value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _parse_cursor_value(name: str, value: object) -> object:
+    if name == "id":
+        return uuid.UUID(str(value))
+    if name == "priority":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError("priority must be an integer")
+        return value
+    parsed = datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise ValueError("naive time")
+    return parsed
+
+
 def _encode_cursor(cursor: Cursor) -> str:
-    raw = json.dumps({"q": cursor.queued_at.isoformat(), "i": str(cursor.id)}).encode()
+    """Opaque to clients: the sort and the last row's values of its columns."""
+    names = [name for name, _ in cursor.sort.columns]
+    raw = json.dumps({"s": str(cursor.sort),
+                      "v": [_cursor_value(n, v) for n, v in zip(names, cursor.values, strict=True)]}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(value: str) -> Cursor:
+def _decode_cursor(value: str, sort: Sort) -> Cursor:
+    """The cursor, which must come from a page of the same ``sort``."""
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         document = json.loads(raw)
-        queued_at = datetime.fromisoformat(document["q"])
-        if queued_at.tzinfo is None:
-            raise ValueError("naive time")
-        return Cursor(queued_at=queued_at, id=uuid.UUID(document["i"]))
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        message = "not a cursor returned by this API"
-        raise problem(422, "Invalid field", f"Invalid query.cursor: {message}", field="query.cursor",
-                      errors=[{"field": "query.cursor", "message": message}]) from exc
+        if document["s"] != str(sort):
+            raise LookupError("other sort")
+        names = [name for name, _ in sort.columns]
+        values = document["v"]
+        if not isinstance(values, list) or len(values) != len(names):
+            raise ValueError("wrong number of values")
+        return Cursor(sort, tuple(_parse_cursor_value(n, v) for n, v in zip(names, values, strict=True)))
+    except LookupError as exc:
+        raise _invalid("query.cursor", f"the cursor belongs to another sort than {sort}") from exc
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise _invalid("query.cursor", "not a cursor returned by this API") from exc
+
+
+def _parse_sort(value: str) -> Sort:
+    try:
+        return Sort.parse(value)
+    except ValueError as exc:
+        keys = ", ".join(k.value for k in SortKey)
+        raise _invalid("query.sort", f"sort by one of {keys}, with a leading - for descending") from exc
+
+
+def _aware(field: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise _invalid(field, "the time must carry a UTC offset")
+    return value
 
 
 router = APIRouter(prefix="/v1", tags=["manual actions"])
@@ -149,17 +204,36 @@ async def list_actions(
     type: Annotated[list[ActionType] | None, Query(description="sms and/or call.")] = None,
     status: Annotated[list[ActionStatus] | None,
                       Query(description="Any of these; default: every status but deleted.")] = None,
+    overdue: Annotated[bool | None, Query(
+        description="true: the due time passed and the action is still open; false: all others. An "
+                    "action without a due time is never overdue.")] = None,
+    queued_from: Annotated[datetime | None, Query(description="Queued at or after (with offset).")] = None,
+    queued_to: Annotated[datetime | None, Query(description="Queued before (with offset).")] = None,
+    due_from: Annotated[datetime | None, Query(
+        description="Due at or after (with offset); no due time: due when queued.")] = None,
+    due_to: Annotated[datetime | None, Query(description="Due before (with offset).")] = None,
+    sort: Annotated[str, Query(
+        description="priority, due_at or queued_at; a leading - sorts descending. Ties are broken by "
+                    "the queue order (due time, queue time, id), so -priority is the Let's Start order: "
+                    "priority desc, then due time (none = due when queued), then age.")] = "queued_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page (same sort).")] = None,
     counts: Annotated[bool, Query(description="Also count every match (all pages), per status and type. "
                                               "Costs a scan of the matches; leave off when paging.")] = False,
 ) -> ActionPage:
-    """The tenant's actions oldest first, by (queued_at, id); agents get only their own."""
+    """The tenant's actions in the chosen order (default oldest first, by (queued_at, id)); agents get
+    only their own, managers their team's. Keyset pagination: pass ``next_cursor`` back with the
+    same filters and sort."""
+    order = _parse_sort(sort)
     filters = ActionFilter(assignee_user_id=assignee_user_id, workflow_id=workflow_id, contact=contact,
-                           types=tuple(type or ()), statuses=tuple(status or ()))
-    after = _decode_cursor(cursor) if cursor else None
+                           types=tuple(type or ()), statuses=tuple(status or ()),
+                           overdue=overdue, as_of=ctx.clock() if overdue is not None else None,
+                           queued_from=_aware("query.queued_from", queued_from),
+                           queued_to=_aware("query.queued_to", queued_to),
+                           due_from=_aware("query.due_from", due_from), due_to=_aware("query.due_to", due_to))
+    after = _decode_cursor(cursor, order) if cursor else None
     with _as_problem():
-        page = await queue.list_actions(ctx.uow(), actor, filters, limit=limit, after=after)
+        page = await queue.list_actions(ctx.uow(), actor, filters, limit=limit, after=after, sort=order)
         tally = await queue.count_actions(ctx.uow(), actor, filters) if counts else None
     summary = None
     if tally is not None:
@@ -188,7 +262,8 @@ async def get_action(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> 
     responses={204: {"description": "The caller's queue is empty."}},
 )
 async def next_action(actor: ActorDep, ctx: ContextDep) -> ActionDetail | Response:
-    """Reserves the caller's next action (priority desc, then oldest) for the lease period."""
+    """Reserves the caller's next action for the lease period, in queue order: priority desc, then
+    due time (an action without one is due when it was queued), then age (queue time), then id."""
     with _as_problem():
         action = await queue.reserve_next(ctx.uow(), actor, now=ctx.clock(), lease=ctx.lease)
     if action is None:

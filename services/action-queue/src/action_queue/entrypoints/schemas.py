@@ -52,6 +52,8 @@ class ActionView(BaseModel):
     outcome: str | None
     notes: str | None
     queued_at: datetime
+    due_at: datetime | None = Field(description="When it should be worked; null: as soon as possible "
+                                                "(ordered as due when queued).")
     completed_at: datetime | None
     snoozed_until: datetime | None = Field(description="Offered again from this time (status snoozed).")
     send_at: datetime | None = Field(description="When the scheduled SMS goes out (status scheduled).")
@@ -87,7 +89,8 @@ def _fields(action: ManualAction) -> dict[str, object]:
         "assignee_user_id": action.assignee_user_id, "message": action.message, "priority": action.priority,
         "reserved_by": action.reserved_by, "lease_expires_at": action.lease_expires_at,
         "last_error": action.last_error, "call_status": action.call_status, "outcome": action.outcome,
-        "notes": action.notes, "queued_at": action.queued_at, "completed_at": action.completed_at,
+        "notes": action.notes, "queued_at": action.queued_at, "due_at": action.due_at,
+        "completed_at": action.completed_at,
         "snoozed_until": action.snoozed_until, "send_at": action.send_at,
         "status_reason": action.status_reason, "version": action.version,
     }

@@ -21,31 +21,132 @@ from manual_actions.contracts import ActionType, Envelope
 
 @dataclass(frozen=True)
 class ActionFilter:
-    """List filters; empty tuples mean "any". ``contact`` matches a substring of name or phone."""
+    """List filters; empty tuples and None mean "any". ``contact`` matches a substring of name or phone.
+
+    ``assignees`` limits to actions assigned to one of these users (a manager's team); ``overdue``
+    compares the explicit due time with ``as_of`` (True: passed and still open, False: not so);
+    ``queued_from``/``queued_to`` and ``due_from``/``due_to`` are half-open ranges [from, to) on
+    the queue time and on the due time (an action without one is due when queued).
+    """
 
     assignee_user_id: uuid.UUID | None = None
     workflow_id: uuid.UUID | None = None
     contact: str | None = None
     types: tuple[ActionType, ...] = ()
     statuses: tuple[ActionStatus, ...] = ()
+    assignees: tuple[uuid.UUID, ...] | None = None
+    overdue: bool | None = None
+    as_of: datetime | None = None
+    queued_from: datetime | None = None
+    queued_to: datetime | None = None
+    due_from: datetime | None = None
+    due_to: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.overdue is not None and self.as_of is None:
+            raise ValueError("an overdue filter needs the time it is evaluated at (as_of)")
 
     def matches(self, action: ManualAction) -> bool:
         """The same test the SQL repository applies, on one action in memory."""
         phone = action.contact.phone or ""
+        due = action.effective_due_at
         return (self.assignee_user_id in (None, action.assignee_user_id)
+                and (self.assignees is None or action.assignee_user_id in self.assignees)
                 and self.workflow_id in (None, action.workflow_id)
                 and (not self.types or action.type in self.types)
                 and (not self.statuses or action.status in self.statuses)
                 and (not self.contact or self.contact.lower() in action.contact.name.lower()
-                     or self.contact.lower() in phone.lower()))
+                     or self.contact.lower() in phone.lower())
+                and (self.overdue is None or self.as_of is None
+                     or action.is_overdue(self.as_of) == self.overdue)
+                and (self.queued_from is None or action.queued_at >= self.queued_from)
+                and (self.queued_to is None or action.queued_at < self.queued_to)
+                and (self.due_from is None or due >= self.due_from)
+                and (self.due_to is None or due < self.due_to))
+
+
+class SortKey(StrEnum):
+    PRIORITY = "priority"
+    DUE_AT = "due_at"
+    QUEUED_AT = "queued_at"
+
+
+# Sort columns after the named key, ascending: the Let's Start tie-breakers, ending in the unique
+# id, so every sort is a total order and keyset pagination never skips or repeats an action.
+_TIE_BREAKERS: dict[SortKey, tuple[str, ...]] = {
+    SortKey.PRIORITY: ("effective_due_at", "queued_at", "id"),
+    SortKey.DUE_AT: ("queued_at", "id"),
+    SortKey.QUEUED_AT: ("id",),
+}
+_KEY_COLUMN = {SortKey.PRIORITY: "priority", SortKey.DUE_AT: "effective_due_at",
+               SortKey.QUEUED_AT: "queued_at"}
+
+
+@dataclass(frozen=True)
+class Sort:
+    """A list order: ``key`` ascending or descending, then the tie-breakers ascending.
+    ``-priority`` is the Let's Start order (priority desc, due time, age, id)."""
+
+    key: SortKey = SortKey.QUEUED_AT
+    descending: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Sort:
+        """``priority``, ``-priority``, ``due_at``, ... (ValueError for anything else)."""
+        descending = text.startswith("-")
+        return cls(SortKey(text[1:] if descending else text), descending)
+
+    def __str__(self) -> str:
+        return ("-" if self.descending else "") + self.key.value
+
+    @property
+    def columns(self) -> tuple[tuple[str, bool], ...]:
+        """(attribute, descending) per sort column, most significant first."""
+        return ((_KEY_COLUMN[self.key], self.descending),
+                *((name, False) for name in _TIE_BREAKERS[self.key]))
+
+    def values(self, action: ManualAction) -> tuple[Any, ...]:
+        """The action's values of ``columns``: what a cursor after it holds."""
+        return tuple(getattr(action, name) for name, _ in self.columns)
+
+    def sort_key(self, action: ManualAction) -> tuple[Any, ...]:
+        """A Python sort key giving this order (for in-memory fakes)."""
+        out: list[Any] = []
+        for (_, descending), value in zip(self.columns, self.values(action), strict=True):
+            out.append(_Reversed(value) if descending else value)
+        return tuple(out)
+
+
+class _Reversed:
+    """Wraps a value so that ascending sorting orders it descending."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return bool(self.value > other.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and bool(self.value == other.value)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+DEFAULT_SORT = Sort()
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Keyset position: the list continues strictly after (queued_at, id)."""
+    """Keyset position: the list continues strictly after the action whose ``sort`` values are
+    ``values``."""
 
-    queued_at: datetime
-    id: uuid.UUID
+    sort: Sort
+    values: tuple[Any, ...]
+
+    @classmethod
+    def after(cls, sort: Sort, action: ManualAction) -> Cursor:
+        return cls(sort, sort.values(action))
 
 
 class BulkOperation(StrEnum):
@@ -115,7 +216,8 @@ class ActionRepository(Protocol):
 
     async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
                               now: datetime) -> ManualAction | None:
-        """Lock and return the assignee's first reservable action by (priority desc, queued_at, id),
+        """Lock and return the assignee's first reservable action by (priority desc, effective due time,
+        queued_at, id),
         skipping rows another transaction has locked, so concurrent callers get different actions."""
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
@@ -123,9 +225,9 @@ class ActionRepository(Protocol):
         at ``now``: past their expiry, with a lapsed lease, a snooze that ended or a scheduled SMS
         that is due. Rows another transaction holds are skipped."""
 
-    async def list(self, tenant: str, filters: ActionFilter, *, limit: int,
-                   after: Cursor | None) -> Sequence[ManualAction]:
-        """Up to ``limit`` matching actions ordered by (queued_at, id), strictly after ``after``."""
+    async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
+                   sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
+        """Up to ``limit`` matching actions in ``sort`` order, strictly after ``after``."""
 
 
     async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:

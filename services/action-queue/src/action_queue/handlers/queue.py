@@ -25,7 +25,7 @@ from action_queue.domain import (
     require_user,
 )
 from action_queue.domain.checks import blocked_reason, current_phone
-from action_queue.handlers.ports import ActionFilter, Cursor, UnitOfWork
+from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, Cursor, Sort, UnitOfWork
 from action_queue.handlers.publishing import publish
 from manual_actions.contracts import ActionType, Payload
 
@@ -53,9 +53,9 @@ async def get_action(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID) -> Man
 
 
 async def list_actions(uow: UnitOfWork, actor: Actor, filters: ActionFilter, *, limit: int,
-                       after: Cursor | None = None) -> Page:
-    """A page of the tenant's actions by (queued_at, id). Agents' lists are limited to their own
-    actions (asking for someone else's yields an empty page)."""
+                       after: Cursor | None = None, sort: Sort = DEFAULT_SORT) -> Page:
+    """A page of the tenant's actions in ``sort`` order (default: by (queued_at, id)). Agents'
+    lists are limited to their own actions (asking for someone else's yields an empty page)."""
     if not actor.supervisor:
         own = require_user(actor)
         if filters.assignee_user_id not in (None, own):
@@ -64,11 +64,11 @@ async def list_actions(uow: UnitOfWork, actor: Actor, filters: ActionFilter, *, 
     if not filters.statuses:
         filters = replace(filters, statuses=DEFAULT_LIST_STATUSES)
     async with uow:
-        rows = list(await uow.actions.list(actor.tenant, filters, limit=limit + 1, after=after))
+        rows = list(await uow.actions.list(actor.tenant, filters, limit=limit + 1, after=after, sort=sort))
     more = len(rows) > limit
     items = rows[:limit]
     last = items[-1] if more else None
-    return Page(items=items, next_cursor=Cursor(last.queued_at, last.id) if last else None)
+    return Page(items=items, next_cursor=Cursor.after(sort, last) if last else None)
 
 
 async def count_actions(uow: UnitOfWork, actor: Actor,
@@ -103,7 +103,8 @@ async def _skip_blocked(uow: UnitOfWork, action: ManualAction, reason: str, now:
 
 async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
                        lease: timedelta = DEFAULT_LEASE) -> ManualAction | None:
-    """Let's Start: reserve the caller's next action (priority desc, queued_at, id) for ``lease`` and
+    """Let's Start: reserve the caller's next action (priority desc, then due time — an action without
+    one is due when queued —, then age, then id) for ``lease`` and
     publish ActionReserved. None when nothing is available. Each call reserves a further action; an
     action whose lease lapsed or whose snooze ended is available again. An action a check at the
     moment of work blocks (opt-out, do-not-disturb, invalid number, quiet hours) is skipped with the
