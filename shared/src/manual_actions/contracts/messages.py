@@ -411,7 +411,7 @@ class ContactUpdated(Payload):
     phone: str | None = Field(default=None, pattern=E164)
     email: str | None = None
     timezone: str | None = Field(default=None, description="IANA time zone name.")
-    custom_fields: dict[str, str] = Field(
+    custom_fields: dict[str, str | bool | int | float | None] = Field(
         default_factory=dict, description="The tenant's own fields (merge fields `contact.custom.<name>`)."
     )
     opted_out: ChannelFlags = Field(description="The contact asked not to be reached on this channel.")
