@@ -125,7 +125,8 @@ class Harness:
 
 def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
     """Settings of a service under test: a free loopback port the mock calls back, an own
-    database and consumer group, the stack's Kafka and Twilio mock, and short polling intervals."""
+    database and consumer group, the stack's identity store, Kafka and Twilio mock, and short polling
+    intervals."""
     port = free_port()
     return settings_class(
         consumer_group_id=f"{database}-{uuid.uuid4().hex[:8]}",
@@ -133,6 +134,7 @@ def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
         public_base_url=f"http://127.0.0.1:{port}",
         kafka_bootstrap_servers=stack.kafka_bootstrap,
         database_url=stack.database_url(database),
+        identity_database_url=stack.database_url("identity"),
         twilio_account_sid=stack.twilio_account_sid,
         twilio_auth_token=stack.twilio_auth_token,
         twilio_api_base_url=stack.twilio_base_url,

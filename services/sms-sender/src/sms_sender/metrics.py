@@ -28,3 +28,22 @@ MESSAGE_STATUSES = frozenset({
     "queued", "sending", "sent", "delivered", "undelivered", "failed", "accepted", "scheduled",
     "canceled", "read", "receiving", "received", "partially_delivered",
 })
+
+# SMS contacts sent us, stored and published as SmsReceived (each MessageSid once), by keyword:
+# opt_out, opt_in, help, or none (an ordinary reply). A jump of opt_out after a campaign is the
+# signal to look at its wording.
+SMS_INBOUND = Counter(
+    "sms_inbound", "SMS received from contacts (SmsReceived published), by keyword.", ["keyword"]
+)
+
+# Incoming-message webhooks Twilio repeated for a MessageSid already stored: answered, nothing
+# published. A steady rate means our answers reach Twilio too late (it retries on timeouts).
+SMS_INBOUND_DUPLICATES = Counter(
+    "sms_sender_inbound_duplicates", "Incoming-message webhooks repeated for a stored MessageSid."
+)
+
+# Incoming-message webhooks refused before anything was stored, by reason: unknown_tenant (404)
+# or invalid_field (400). Signature failures are manual_actions_twilio_signature_rejections.
+SMS_INBOUND_REFUSED = Counter(
+    "sms_sender_inbound_refused", "Incoming-message webhooks refused, by reason.", ["reason"]
+)

@@ -1,4 +1,5 @@
-"""sms-sender's HTTP surface: Twilio's status callbacks (signed, no bearer token).
+"""sms-sender's HTTP surface: Twilio's webhooks (signed, no bearer token): the status callbacks of
+the SMS we send, and the incoming-message webhook of the SMS contacts send us.
 
 ``/health``, ``/ready`` and ``/metrics`` come from ``manual_actions.http.create_app``.
 """
@@ -7,11 +8,17 @@
 # (the signature check built per app) as objects, not as strings it would resolve in module globals.
 
 import uuid
-from typing import Annotated
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
+from twilio.twiml.messaging_response import MessagingResponse
 
+from manual_actions.db import create_engine
+from manual_actions.http import problem
+from manual_actions.logging import log_context
 from manual_actions.twilio_support import (
     TwilioParams,
     TwilioSettings,
@@ -19,14 +26,38 @@ from manual_actions.twilio_support import (
     twilio_request_verifier,
     unknown_command,
 )
+from sms_sender import metrics
+from sms_sender.adapters.tenants import TenantDirectory
+from sms_sender.domain.inbound import InvalidField, parse_incoming
 from sms_sender.handlers.callbacks import handle_status_callback
+from sms_sender.handlers.inbound import record_incoming
 from sms_sender.handlers.sending import STATUS_CALLBACK_PATH
 
 CommandId = Annotated[uuid.UUID, Query(description="The SendSms command this SMS was sent for.")]
+Tenant = Annotated[str, Path(description="The tenant whose Twilio number this webhook is configured on.")]
+
+INBOUND_PATH = "/v1/twilio/inbound/{tenant}"
+"""Twilio's "A message comes in" webhook of a tenant's number: ``PUBLIC_BASE_URL`` + this path."""
+
+# An empty TwiML answer: Twilio sends nothing back to the contact on our behalf. (Its own replies to
+# STOP/START/HELP are sent by Twilio before the webhook and are not affected.)
+EMPTY_TWIML = MessagingResponse().to_xml()
 
 
 def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
-    router = APIRouter(tags=["twilio webhooks"])
+    """The webhook routes. The incoming-message route checks tenants against the identity store
+    (``IDENTITY_DATABASE_URL``, a small pool opened lazily and closed with the app)."""
+    identity_engine = create_engine(settings.identity_database_url, pool_size=2)
+    directory = TenantDirectory(identity_engine)
+
+    @asynccontextmanager
+    async def close_identity_engine(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await identity_engine.dispose()
+
+    router = APIRouter(tags=["twilio webhooks"], lifespan=close_identity_engine)
     Signed = Annotated[TwilioParams, Depends(twilio_request_verifier(settings))]
 
     @router.post(
@@ -42,5 +73,37 @@ def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
         if not await handle_status_callback(engine, command_id, status, params):
             raise unknown_command(command_id, "SMS")
         return Response(status_code=204)
+
+    problem_json: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+    @router.post(
+        INBOUND_PATH,
+        response_class=Response,
+        summary="Twilio incoming-message webhook",
+        responses={
+            200: {"description": "Stored (or already stored): empty TwiML.", "content": {"text/xml": {}}},
+            400: {"description": "MessageSid, From or To missing or malformed (problem+json).",
+                  **problem_json},
+            403: {"description": "Invalid X-Twilio-Signature (problem+json).", **problem_json},
+            404: {"description": "No such tenant (problem+json).", **problem_json},
+        },
+    )
+    async def inbound_sms(params: Signed, tenant: Tenant) -> Response:
+        """Store the message once per MessageSid and publish SmsReceived on sms-inbound (with its
+        keyword: opt_out, opt_in, help or none); a repeated webhook publishes nothing again. The
+        answer is always an empty TwiML ``<Response/>``, so Twilio sends no automatic reply."""
+        with log_context(tenant=tenant):
+            if not await directory.exists(tenant):
+                metrics.SMS_INBOUND_REFUSED.labels("unknown_tenant").inc()
+                raise problem(404, "Unknown tenant", f"No tenant {tenant!r} exists.", field="path.tenant")
+            try:
+                sms = parse_incoming(params)
+            except InvalidField as invalid:
+                metrics.SMS_INBOUND_REFUSED.labels("invalid_field").inc()
+                raise problem(
+                    400, f"Invalid {invalid.field}", invalid.message, field=f"form.{invalid.field}"
+                ) from None
+            await record_incoming(engine, tenant, sms)
+        return Response(content=EMPTY_TWIML, media_type="text/xml")
 
     return router
