@@ -255,3 +255,88 @@ manual_actions = Table(
     CheckConstraint("status IN ('queued', 'completed', 'deleted')", name="ck_manual_actions_status"),
     Index("ix_manual_actions_enrollment", "tenant_id", "enrollment_id"),
 )
+
+# --- bulk enrollment (migration 0005) -------------------------------------------------------------
+
+# One bulk enrollment run: what to enroll (a snapshot of its target contacts below), how (all at
+# once, or drip batches every interval) and how far it got. ``position`` is the last target seq
+# worked; it commits with each chunk, so a restarted loop resumes right after the last chunk.
+bulk_enrollments = Table(
+    "bulk_enrollments",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("request_id", Text, nullable=False, comment="Client's idempotency key (unique per tenant)"),
+    Column("fingerprint", Text, nullable=False, comment="Hash of the request; a reused id must match it"),
+    Column("workflow_id", Uuid, nullable=False),
+    Column("workflow_version", Integer, nullable=False, comment="Published version pinned at submit"),
+    Column("target", JSONB, nullable=False, comment="{kind: filter|list, filter: {...}}"),
+    Column("policy", String(32), nullable=False),
+    Column("delivery", String(16), nullable=False),
+    Column("batch_size", Integer, nullable=True, comment="Drip: contacts per batch"),
+    Column("interval_seconds", Integer, nullable=True, comment="Drip: seconds between batches"),
+    Column("status", String(16), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("position", Integer, nullable=False, server_default="0", comment="Last target seq worked"),
+    Column("batch_done", Integer, nullable=False, server_default="0", comment="Drip: worked in this batch"),
+    Column("enrolled", Integer, nullable=False, server_default="0"),
+    Column("skipped", JSONB, nullable=False, server_default=text("'{}'::jsonb"), comment="reason -> count"),
+    Column("next_due_at", DateTime(timezone=True), nullable=True, comment="When the next chunk may run"),
+    Column("requested_by", Uuid, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_bulk_enrollments"),
+    UniqueConstraint("tenant_id", "request_id", name="uq_bulk_enrollments_request"),
+    CheckConstraint(
+        "status IN ('running', 'paused', 'cancelled', 'done')", name="ck_bulk_enrollments_status"
+    ),
+    CheckConstraint(
+        "policy IN ('skip_if_enrolled_ever', 'skip_if_active', 'allow_reenrollment')",
+        name="ck_bulk_enrollments_policy",
+    ),
+    CheckConstraint("delivery IN ('all_at_once', 'drip')", name="ck_bulk_enrollments_delivery"),
+    Index(
+        "ix_bulk_enrollments_due",
+        "next_due_at",
+        postgresql_where=text("status = 'running'"),
+    ),
+)
+
+# The run's contacts in the order they are worked, fixed at submit (a filter is evaluated once).
+bulk_enrollment_targets = Table(
+    "bulk_enrollment_targets",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("run_id", Uuid, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "run_id", "seq", name="pk_bulk_enrollment_targets"),
+    UniqueConstraint("tenant_id", "run_id", "contact_id", name="uq_bulk_enrollment_targets_contact"),
+    ForeignKeyConstraint(
+        ["tenant_id", "run_id"],
+        ["bulk_enrollments.tenant_id", "bulk_enrollments.id"],
+        name="fk_bulk_enrollment_targets_run",
+        ondelete="CASCADE",
+    ),
+)
+
+# What the run did with each contact, written in the chunk's transaction. Insert-only; the primary
+# key is the net under "never enroll a contact twice in one run": a chunk worked twice would fail.
+bulk_enrollment_results = Table(
+    "bulk_enrollment_results",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("run_id", Uuid, nullable=False),
+    Column("contact_id", Uuid, nullable=False),
+    Column("outcome", String(32), nullable=False, comment="enrolled or skipped_<reason>"),
+    Column("enrollment_id", Uuid, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "run_id", "contact_id", name="pk_bulk_enrollment_results"),
+    ForeignKeyConstraint(
+        ["tenant_id", "run_id"],
+        ["bulk_enrollments.tenant_id", "bulk_enrollments.id"],
+        name="fk_bulk_enrollment_results_run",
+        ondelete="CASCADE",
+    ),
+)

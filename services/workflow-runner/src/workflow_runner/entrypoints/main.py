@@ -18,7 +18,9 @@ from manual_actions.runtime import open_identity_store, start_core
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
 from workflow_runner.adapters import migrations
+from workflow_runner.adapters.bulk_sql import SqlBulkUnitOfWorkFactory
 from workflow_runner.adapters.sql import SqlUnitOfWorkFactory
+from workflow_runner.entrypoints import bulk
 from workflow_runner.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from workflow_runner.entrypoints.http import build_app
 from workflow_runner.entrypoints.import_pool import PooledValidator
@@ -63,13 +65,17 @@ async def build_service(settings: Settings) -> Service:
     )
     validator = PooledValidator()
     app = build_app(uow, identity, engine, validate_import=validator)
+    app.state.bulk_uow = SqlBulkUnitOfWorkFactory(engine)
+    app.include_router(bulk.router)
+    bulk_loop = bulk.BulkEnrollmentLoop(app.state.bulk_uow)
     return Service(
         app=app,
         engine=engine,
         uow=uow,
-        background=[core.relay.run, consumer.run],
+        background=[core.relay.run, consumer.run, bulk_loop.run],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[
+            bulk_loop.stop,
             consumer.stop,
             *core.shutdown_steps(),
             identity_engine.dispose,

@@ -1,0 +1,388 @@
+"""PostgreSQL side of bulk enrollment: the runs, their target snapshots and results, and the batch
+writes of one chunk (COPY for enrollments, history, manual actions and results).
+
+The single-enrollment repositories in ``adapters.sql`` stay the reference for how an enrollment or
+an action is stored; the row builders below take their column lists from there, so both paths
+write the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import RowMapping
+
+from workflow_runner.adapters import sql
+from workflow_runner.adapters import tables as t
+from workflow_runner.domain.bulk import (
+    BulkRun,
+    Delivery,
+    Drip,
+    Outcome,
+    Policy,
+    RunStatus,
+    Target,
+    TargetContact,
+)
+from workflow_runner.domain.enrollments import Enrollment, EnrollmentStatus, ManualAction
+from workflow_runner.domain.people import Contact
+from workflow_runner.handlers.ports import ContactFilter
+
+RUNNING = (EnrollmentStatus.ACTIVE.value, EnrollmentStatus.WAITING.value)
+
+
+def contact_conditions(tenant: str, f: ContactFilter) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a contact listing (``GET /v1/contacts``) for ``f``."""
+    c = t.contacts.c
+    conditions: list[ColumnElement[bool]] = [c.tenant_id == tenant, c.deleted_at.is_(None)]
+    if f.tag is not None:
+        conditions.append(c.tags.contains([f.tag]))
+    if f.owner_user_id is not None:
+        conditions.append(c.owner_user_id == f.owner_user_id)
+    if f.unassigned is not None:
+        conditions.append(c.owner_user_id.is_(None) if f.unassigned else c.owner_user_id.is_not(None))
+    if f.phone is not None:
+        conditions.append(c.phone == f.phone)
+    if f.email is not None:
+        conditions.append(func.lower(c.email) == f.email.lower())
+    if f.external_id is not None:
+        conditions.append(c.external_id == f.external_id)
+    if f.name_contains is not None:
+        escaped = f.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(c.name.ilike(f"%{escaped}%"))
+    return conditions
+
+
+def _run(row: RowMapping) -> BulkRun:
+    drip = None
+    if row["delivery"] == Delivery.DRIP.value:
+        drip = Drip(row["batch_size"], timedelta(seconds=row["interval_seconds"]))
+    target = row["target"]
+    return BulkRun(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        request_id=row["request_id"],
+        fingerprint=row["fingerprint"],
+        workflow_id=row["workflow_id"],
+        workflow_version=row["workflow_version"],
+        target=Target(kind=target["kind"], filter=target.get("filter") or {}),
+        policy=Policy(row["policy"]),
+        delivery=Delivery(row["delivery"]),
+        drip=drip,
+        status=RunStatus(row["status"]),
+        total=row["total"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        position=row["position"],
+        batch_done=row["batch_done"],
+        enrolled=row["enrolled"],
+        skipped=dict(row["skipped"]),
+        next_due_at=row["next_due_at"],
+        requested_by=row["requested_by"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _progress(run: BulkRun) -> dict[str, Any]:
+    return {
+        "status": run.status.value,
+        "total": run.total,
+        "position": run.position,
+        "batch_done": run.batch_done,
+        "enrolled": run.enrolled,
+        "skipped": run.skipped,
+        "next_due_at": run.next_due_at,
+        "updated_at": run.updated_at,
+        "finished_at": run.finished_at,
+    }
+
+
+def _jsonb(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+ENROLLMENT_COLUMNS = (
+    "tenant_id",
+    "id",
+    "contact_id",
+    "workflow_id",
+    "created_at",
+    *sql.SqlEnrollmentRepository._state(
+        Enrollment.start(
+            tenant="x",
+            contact_id=uuid.UUID(int=0),
+            workflow_id=uuid.UUID(int=0),
+            workflow_version=1,
+            now=datetime.min,
+        )
+    ),
+)
+ACTION_COLUMNS = ("tenant_id", "id", "action_type", "status", *sql._ACTION_FIELDS)
+HISTORY_COLUMNS = ("tenant_id", "enrollment_id", "step_id", "at", "event", "detail")
+RESULT_COLUMNS = ("tenant_id", "run_id", "contact_id", "outcome", "enrollment_id", "at")
+
+
+class SqlBulkRepository(sql._Repository):
+    async def add_if_absent(
+        self, run: BulkRun, *, filters: ContactFilter | None, contact_ids: Sequence[uuid.UUID] | None
+    ) -> tuple[BulkRun, bool]:
+        """Store ``run`` and its targets (the filter's contacts now, oldest first, or the listed ids
+        in the given order, duplicates dropped) and set ``total``; or, when the tenant already has a
+        run under this request id, return that one untouched. Returns (run, created)."""
+        values = {
+            "tenant_id": run.tenant,
+            "id": run.id,
+            "request_id": run.request_id,
+            "fingerprint": run.fingerprint,
+            "workflow_id": run.workflow_id,
+            "workflow_version": run.workflow_version,
+            "target": run.target.as_json(),
+            "policy": run.policy.value,
+            "delivery": run.delivery.value,
+            "batch_size": run.drip.batch_size if run.drip else None,
+            "interval_seconds": int(run.drip.interval.total_seconds()) if run.drip else None,
+            "requested_by": run.requested_by,
+            "created_at": run.created_at,
+            **_progress(run),
+        }
+        inserted = await self._conn.execute(
+            pg_insert(t.bulk_enrollments)
+            .values(**values)
+            .on_conflict_do_nothing(constraint="uq_bulk_enrollments_request")
+            .returning(t.bulk_enrollments.c.id)
+        )
+        if inserted.first() is None:
+            b = t.bulk_enrollments.c
+            row = await self._first(
+                select(t.bulk_enrollments).where(b.tenant_id == run.tenant, b.request_id == run.request_id)
+            )
+            assert row is not None
+            return _run(row), False
+        if contact_ids is not None:
+            unique = list(dict.fromkeys(contact_ids))
+            # The listed ids are stored as given; unknown ones are skipped (and counted) when worked.
+            await self._conn.execute(
+                text(
+                    "INSERT INTO bulk_enrollment_targets (tenant_id, run_id, seq, contact_id) "
+                    "SELECT :tenant, :run, u.seq, u.id FROM unnest(CAST(:ids AS uuid[])) "
+                    "WITH ORDINALITY AS u(id, seq)"
+                ),
+                {"tenant": run.tenant, "run": run.id, "ids": unique},
+            )
+            run.total = len(unique)
+        else:
+            c = t.contacts.c
+            numbered = select(
+                literal(run.tenant),
+                literal(run.id),
+                func.row_number().over(order_by=(c.created_at, c.id)),
+                c.id,
+            ).where(*contact_conditions(run.tenant, filters or ContactFilter()))
+            result = await self._conn.execute(
+                insert(t.bulk_enrollment_targets).from_select(
+                    ["tenant_id", "run_id", "seq", "contact_id"], numbered
+                )
+            )
+            run.total = int(result.rowcount or 0)
+        if run.total == 0:
+            run.status = RunStatus.DONE
+            run.finished_at = run.created_at
+            run.next_due_at = None
+        await self.save(run)
+        return run, True
+
+    async def get(self, tenant: str, run_id: uuid.UUID, *, for_update: bool = False) -> BulkRun | None:
+        b = t.bulk_enrollments.c
+        statement = select(t.bulk_enrollments).where(b.tenant_id == tenant, b.id == run_id)
+        row = await self._first(statement.with_for_update() if for_update else statement)
+        return _run(row) if row else None
+
+    async def claim_due(self, now: datetime) -> BulkRun | None:
+        """The running run whose next chunk is due soonest, locked (others' locked runs skipped)."""
+        b = t.bulk_enrollments.c
+        row = await self._first(
+            select(t.bulk_enrollments)
+            .where(b.status == RunStatus.RUNNING.value, b.next_due_at <= now)
+            .order_by(b.next_due_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        return _run(row) if row else None
+
+    async def next_due_at(self) -> datetime | None:
+        b = t.bulk_enrollments.c
+        result = await self._conn.execute(
+            select(func.min(b.next_due_at)).where(b.status == RunStatus.RUNNING.value)
+        )
+        value: datetime | None = result.scalar_one()
+        return value
+
+    async def save(self, run: BulkRun) -> None:
+        b = t.bulk_enrollments.c
+        await self._conn.execute(
+            update(t.bulk_enrollments)
+            .where(b.tenant_id == run.tenant, b.id == run.id)
+            .values(**_progress(run))
+        )
+
+    async def targets(
+        self, tenant: str, run_id: uuid.UUID, workflow_id: uuid.UUID, after: int, limit: int
+    ) -> list[TargetContact]:
+        """The next ``limit`` targets after seq ``after``, their contacts locked FOR UPDATE (in id
+        order, like a single enrollment locks its contact, so the two never race), with whether each
+        is running through ``workflow_id`` now or ever was."""
+        g = t.bulk_enrollment_targets.c
+        targets = (
+            await self._conn.execute(
+                select(g.seq, g.contact_id)
+                .where(g.tenant_id == tenant, g.run_id == run_id, g.seq > after)
+                .order_by(g.seq)
+                .limit(limit)
+            )
+        ).all()
+        if not targets:
+            return []
+        c, e = t.contacts.c, t.enrollments.c
+        same = and_(e.tenant_id == c.tenant_id, e.workflow_id == workflow_id, e.contact_id == c.id)
+        rows = await self._all(
+            select(
+                t.contacts,
+                exists().where(same, e.status.in_(RUNNING)).label("bulk_running"),
+                exists().where(same).label("bulk_ever"),
+            )
+            .where(
+                c.tenant_id == tenant, c.id.in_([row.contact_id for row in targets]), c.deleted_at.is_(None)
+            )
+            .order_by(c.id)
+            .with_for_update(of=t.contacts)
+        )
+        found = {row["id"]: row for row in rows}
+        out = []
+        for seq, contact_id in targets:
+            row = found.get(contact_id)
+            out.append(
+                TargetContact(
+                    seq=seq,
+                    contact_id=contact_id,
+                    contact=sql._contact(row) if row is not None else None,
+                    running=bool(row and row["bulk_running"]),
+                    enrolled_before=bool(row and row["bulk_ever"]),
+                )
+            )
+        return out
+
+    async def store_chunk(
+        self,
+        run: BulkRun,
+        now: datetime,
+        enrollments: Sequence[Enrollment],
+        actions: Sequence[ManualAction],
+        results: Iterable[tuple[uuid.UUID, Outcome, uuid.UUID | None]],
+        changed_contacts: Sequence[Contact],
+    ) -> None:
+        """Write a chunk's enrollments (with their history), manual actions, changed contact owners
+        and per-contact results, with COPY. A result already stored for a contact of this run
+        violates the primary key and fails the whole chunk: nobody is enrolled twice by one run."""
+        driver = await sql._driver_connection(self._conn)
+        if enrollments:
+            await driver.copy_records_to_table(
+                "enrollments",
+                columns=ENROLLMENT_COLUMNS,
+                records=[
+                    tuple(
+                        {
+                            "tenant_id": e.tenant,
+                            "id": e.id,
+                            "contact_id": e.contact_id,
+                            "workflow_id": e.workflow_id,
+                            "created_at": e.created_at,
+                            **sql.SqlEnrollmentRepository._state(e),
+                        }[name]
+                        for name in ENROLLMENT_COLUMNS
+                    )
+                    for e in enrollments
+                ],
+            )
+            await driver.copy_records_to_table(
+                "enrollment_history",
+                columns=HISTORY_COLUMNS,
+                records=[
+                    (e.tenant, e.id, h.step_id, h.at, h.event.value, _jsonb(h.detail))
+                    for e in enrollments
+                    for h in e.history
+                ],
+            )
+        if actions:
+            await driver.copy_records_to_table(
+                "manual_actions",
+                columns=ACTION_COLUMNS,
+                records=[
+                    (
+                        a.tenant,
+                        a.id,
+                        a.action_type.value,
+                        a.status.value,
+                        *(getattr(a, f) for f in sql._ACTION_FIELDS),
+                    )
+                    for a in actions
+                ],
+            )
+        await driver.copy_records_to_table(
+            "bulk_enrollment_results",
+            columns=RESULT_COLUMNS,
+            records=[(run.tenant, run.id, contact_id, o.value, eid, now) for contact_id, o, eid in results],
+        )
+        if changed_contacts:
+            await self._conn.execute(
+                text(
+                    "UPDATE contacts SET owner_user_id = u.owner, updated_at = u.updated_at, "
+                    "version = u.version FROM unnest(CAST(:ids AS uuid[]), CAST(:owners AS uuid[]), "
+                    "CAST(:times AS timestamptz[]), CAST(:versions AS int[])) AS u(id, owner, updated_at, "
+                    "version) WHERE contacts.tenant_id = :tenant AND contacts.id = u.id"
+                ),
+                {
+                    "tenant": run.tenant,
+                    "ids": [c.id for c in changed_contacts],
+                    "owners": [c.owner_user_id for c in changed_contacts],
+                    "times": [c.updated_at for c in changed_contacts],
+                    "versions": [c.version for c in changed_contacts],
+                },
+            )
+
+    async def results(
+        self, tenant: str, run_id: uuid.UUID, *, outcome: str | None, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, str, uuid.UUID | None, datetime]]:
+        r = t.bulk_enrollment_results.c
+        conditions = [r.tenant_id == tenant, r.run_id == run_id]
+        if outcome is not None:
+            conditions.append(r.outcome == outcome)
+        if after is not None:
+            conditions.append(r.contact_id > after)
+        rows = (
+            await self._conn.execute(
+                select(r.contact_id, r.outcome, r.enrollment_id, r.at)
+                .where(*conditions)
+                .order_by(r.contact_id)
+                .limit(limit)
+            )
+        ).all()
+        return [(row.contact_id, row.outcome, row.enrollment_id, row.at) for row in rows]
+
+
+class SqlBulkUnitOfWork(sql.SqlUnitOfWork):
+    """The service's unit of work plus the bulk enrollment repository."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.bulk = SqlBulkRepository(self)
+
+
+class SqlBulkUnitOfWorkFactory(sql.SqlUnitOfWorkFactory):
+    def __call__(self) -> SqlBulkUnitOfWork:
+        return SqlBulkUnitOfWork(self.engine)
