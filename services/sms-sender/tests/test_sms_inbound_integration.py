@@ -303,3 +303,27 @@ async def test_bad_fields_are_refused_naming_the_field(
     await asyncio.sleep(0.3)
     assert await stored(sms, sid) == []
     assert inbound.for_sid(sid) == []
+
+
+async def test_logs_name_the_sid_and_keyword_never_the_text_or_the_numbers(
+    sms: Harness, inbound: InboundReader, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid, sender = new_sid(), contact_number()
+    secret_text = f"my card is {uuid.uuid4().hex}"
+    # INFO, the default LOG_LEVEL. (At DEBUG, aiokafka's producer logs every record it sends,
+    # value included: personal data in any topic; a platform-wide matter, not this route's.)
+    caplog.set_level("INFO")
+    params = incoming(sid, sender, secret_text, sms.stack.twilio_account_sid)
+    assert_empty_twiml(await post_incoming(sms, tenant, params))
+    assert_empty_twiml(await post_incoming(sms, tenant, params))  # the duplicate logs too
+    await eventually(lambda: inbound.for_sid(sid), what="SmsReceived on sms-inbound")
+
+    mine = [r for r in caplog.records if getattr(r, "sid", None) == sid]
+    assert [(r.getMessage(), getattr(r, "keyword", None)) for r in mine][:1] == [
+        ("incoming sms stored; SmsReceived staged", "none")
+    ]
+    assert len(mine) == 2
+    for record in caplog.records:
+        logged = record.getMessage() + " " + " ".join(str(v) for v in vars(record).values())
+        assert secret_text not in logged
+        assert sender not in logged
