@@ -196,6 +196,20 @@ async def prune_inbox(session: AsyncSession | AsyncConnection, older_than: timed
 
 # --- the relay -----------------------------------------------------------------------------------
 
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` passed, whichever comes first.
+
+    Not ``asyncio.wait_for(event.wait(), ...)``: on Python 3.11, when the event is set in the same
+    loop iteration as the waiting task is cancelled (a NOTIFY arriving while the service stops),
+    ``wait_for`` returns normally and the cancellation is lost, so the relay's loop went on as if
+    nothing happened. ``asyncio.timeout`` only ever swallows the cancellation it caused itself.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 _SELECT_PENDING = """
     SELECT id, topic, key, value::text AS value, headers::text AS headers, created_at
     FROM outbox
@@ -314,8 +328,7 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, returning early on stop()."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        await _wait_event(self._stopping, seconds)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -341,8 +354,7 @@ class OutboxRelay:
                 await self._maybe_prune(conn)
                 if self._stopping.is_set():
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+                await _wait_event(self._wake, self._poll_interval_s)
         finally:
             if self._conn is conn:
                 self._conn = None
@@ -350,7 +362,8 @@ class OutboxRelay:
                 log.info("outbox relay no longer active")
             # Closing the session releases the advisory lock for a standby.
             try:
-                await asyncio.wait_for(conn.close(), timeout=5)
+                async with asyncio.timeout(5):
+                    await conn.close()
             except Exception:
                 conn.terminate()
 
