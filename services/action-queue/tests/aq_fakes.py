@@ -12,6 +12,7 @@ from typing import Any, Self
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.checks import ContactState
+from action_queue.domain.people import QueueSettings, UserState
 from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, BulkRequest, BulkStatus, Cursor, Sort
 from manual_actions.contracts import ActionType, Envelope
 
@@ -126,6 +127,38 @@ class FakeContacts:
         return True
 
 
+class FakeUsers:
+    def __init__(self, store: dict[tuple[str, uuid.UUID], UserState]) -> None:
+        self._store = store
+
+    async def get(self, tenant: str, user_id: uuid.UUID) -> UserState | None:
+        return self._store.get((tenant, user_id))
+
+    async def upsert(self, tenant: str, state: UserState) -> bool:
+        current = self._store.get((tenant, state.user_id))
+        if current is not None and current.version >= state.version:
+            return False
+        self._store[(tenant, state.user_id)] = state
+        return True
+
+    async def team(self, tenant: str, team_id: uuid.UUID) -> Sequence[UserState]:
+        return sorted((u for (t, _), u in self._store.items() if t == tenant and u.team_id == team_id
+                       and not u.deleted), key=lambda u: u.user_id)
+
+
+class FakeSettings:
+    def __init__(self, store: dict[str, QueueSettings]) -> None:
+        self._store = store
+
+    async def get(self, tenant: str) -> QueueSettings:
+        return self._store.get(tenant, QueueSettings())
+
+    async def put(self, tenant: str, settings: QueueSettings, by: uuid.UUID | None) -> QueueSettings:
+        stored = replace(settings, version=self._store.get(tenant, QueueSettings()).version + 1)
+        self._store[tenant] = stored
+        return stored
+
+
 class FakeUnitOfWork:
     """Changes become visible in ``store``/``outbox``/``inbox`` only on commit, like a transaction."""
 
@@ -135,6 +168,8 @@ class FakeUnitOfWork:
         self.inbox: set[tuple[str, uuid.UUID]] = set()
         self.bulk_requests: dict[tuple[str, str], BulkRequest] = {}
         self.contact_states: dict[tuple[str, uuid.UUID], ContactState] = {}
+        self.user_states: dict[tuple[str, uuid.UUID], UserState] = {}
+        self.tenant_settings: dict[str, QueueSettings] = {}
         self.commits = 0
 
     @property
@@ -150,7 +185,19 @@ class FakeUnitOfWork:
         self._bulk = FakeBulkStore(self._bulk_work)
         self._contacts_work = dict(self.contact_states)
         self._contacts = FakeContacts(self._contacts_work)
+        self._users_work = dict(self.user_states)
+        self._users = FakeUsers(self._users_work)
+        self._settings_work = dict(self.tenant_settings)
+        self._settings = FakeSettings(self._settings_work)
         return self
+
+    @property
+    def users(self) -> FakeUsers:
+        return self._users
+
+    @property
+    def settings(self) -> FakeSettings:
+        return self._settings
 
     @property
     def contacts(self) -> FakeContacts:
@@ -168,6 +215,8 @@ class FakeUnitOfWork:
         self.store = self._work
         self.bulk_requests = self._bulk_work
         self.contact_states = self._contacts_work
+        self.user_states = self._users_work
+        self.tenant_settings = self._settings_work
         self.outbox.extend(self._outbox)
         self.inbox = self._inbox
         self.commits += 1

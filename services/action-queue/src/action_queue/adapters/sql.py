@@ -19,9 +19,12 @@ from action_queue.adapters.tables import bulk_requests as b
 from action_queue.adapters.tables import contacts as c
 from action_queue.adapters.tables import manual_actions as t
 from action_queue.adapters.tables import outbox as outbox_table
+from action_queue.adapters.tables import tenant_settings as ts
+from action_queue.adapters.tables import users as u
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
-from action_queue.domain.checks import ContactState
+from action_queue.domain.checks import ContactState, QuietHours
 from action_queue.domain.model import IDLE, TERMINAL
+from action_queue.domain.people import Outcome, OutOfOffice, QueueSettings, UserState
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
     ActionFilter,
@@ -440,7 +443,8 @@ class SqlContactRepository:
                                                 (ActionType.CALL, row["opted_out_call"])) if on),
             do_not_disturb=frozenset(k for k, on in ((ActionType.SMS, row["dnd_sms"]),
                                                      (ActionType.CALL, row["dnd_call"])) if on),
-            deleted=row["deleted"], version=row["version"])
+            deleted=row["deleted"], version=row["version"], name=row["name"], email=row["email"],
+            custom_fields=dict(row["custom_fields"] or {}))
 
     async def upsert(self, tenant: str, contact_id: uuid.UUID, state: ContactState) -> bool:
         values = {
@@ -450,12 +454,81 @@ class SqlContactRepository:
             "dnd_sms": ActionType.SMS in state.do_not_disturb,
             "dnd_call": ActionType.CALL in state.do_not_disturb,
             "deleted": state.deleted, "version": state.version, "updated_at": func.now(),
+            "name": state.name, "email": state.email, "custom_fields": state.custom_fields,
         }
         statement = (insert(c).values(tenant_id=tenant, contact_id=contact_id, **values)
                      .on_conflict_do_update(index_elements=[c.c.tenant_id, c.c.contact_id], set_=values,
                                             where=c.c.version < state.version)
                      .returning(c.c.contact_id))
         return (await self._conn.execute(statement)).first() is not None
+
+
+def _user(row: RowMapping) -> UserState:
+    return UserState(user_id=row["user_id"], name=row["name"], role=row["role"], team_id=row["team_id"],
+                     phone=row["phone"], timezone=row["timezone"], availability=row["availability"],
+                     unavailable_from=row["unavailable_from"], unavailable_until=row["unavailable_until"],
+                     deleted=row["deleted"], version=row["version"])
+
+
+class SqlUserRepository:
+    """The team directory (UserUpdated) in PostgreSQL, on the unit of work's connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(self, tenant: str, user_id: uuid.UUID) -> UserState | None:
+        statement = select(u).where(u.c.tenant_id == tenant, u.c.user_id == user_id)
+        row = (await self._conn.execute(statement)).mappings().first()
+        return _user(row) if row else None
+
+    async def upsert(self, tenant: str, state: UserState) -> bool:
+        values = {
+            "name": state.name, "team_id": state.team_id, "phone": state.phone, "timezone": state.timezone,
+            "role": state.role, "availability": state.availability,
+            "unavailable_from": state.unavailable_from, "unavailable_until": state.unavailable_until,
+            "deleted": state.deleted, "version": state.version, "updated_at": func.now(),
+        }
+        statement = (insert(u).values(tenant_id=tenant, user_id=state.user_id, **values)
+                     .on_conflict_do_update(index_elements=[u.c.tenant_id, u.c.user_id], set_=values,
+                                            where=u.c.version < state.version)
+                     .returning(u.c.user_id))
+        return (await self._conn.execute(statement)).first() is not None
+
+    async def team(self, tenant: str, team_id: uuid.UUID) -> Sequence[UserState]:
+        statement = (select(u).where(u.c.tenant_id == tenant, u.c.team_id == team_id, u.c.deleted.is_(False))
+                     .order_by(u.c.user_id))
+        return [_user(row) for row in (await self._conn.execute(statement)).mappings().all()]
+
+
+class SqlSettingsRepository:
+    """Tenant queue settings in PostgreSQL, on the unit of work's connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def get(self, tenant: str) -> QueueSettings:
+        row = (await self._conn.execute(select(ts).where(ts.c.tenant_id == tenant))).mappings().first()
+        if row is None:
+            return QueueSettings()
+        return QueueSettings(
+            outcomes=tuple(Outcome(o["slug"], o["label"]) for o in row["outcomes"]),
+            quiet_hours=QuietHours(start=row["quiet_start"], end=row["quiet_end"]),
+            out_of_office=OutOfOffice(row["out_of_office"]), away_counts_as_out=row["away_counts_as_out"],
+            version=row["version"])
+
+    async def put(self, tenant: str, settings: QueueSettings, by: uuid.UUID | None) -> QueueSettings:
+        values = {
+            "outcomes": [{"slug": o.slug, "label": o.label} for o in settings.outcomes],
+            "quiet_start": settings.quiet_hours.start, "quiet_end": settings.quiet_hours.end,
+            "out_of_office": settings.out_of_office.value, "away_counts_as_out": settings.away_counts_as_out,
+            "updated_by": by, "updated_at": func.now(),
+        }
+        statement = (insert(ts).values(tenant_id=tenant, version=1, **values)
+                     .on_conflict_do_update(index_elements=[ts.c.tenant_id],
+                                            set_={**values, "version": ts.c.version + 1})
+                     .returning(ts.c.version))
+        version = (await self._conn.execute(statement)).scalar_one()
+        return replace(settings, version=version)
 
 
 class SqlUnitOfWork:
@@ -465,6 +538,8 @@ class SqlUnitOfWork:
     actions: SqlActionRepository
     bulk: SqlBulkRequestStore
     contacts: SqlContactRepository
+    users: SqlUserRepository
+    settings: SqlSettingsRepository
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -477,6 +552,8 @@ class SqlUnitOfWork:
         self.actions = SqlActionRepository(self._conn)
         self.bulk = SqlBulkRequestStore(self._conn)
         self.contacts = SqlContactRepository(self._conn)
+        self.users = SqlUserRepository(self._conn)
+        self.settings = SqlSettingsRepository(self._conn)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -15,7 +15,7 @@ record names: guessing one from the number would be wrong for every number that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -35,12 +35,16 @@ class ContactState:
     do_not_disturb: frozenset[ActionType] = frozenset()
     deleted: bool = False
     version: int = 0
+    # ContactUpdated v2, for rendering SMS templates with current data (None: never heard).
+    name: str | None = None
+    email: str | None = None
+    custom_fields: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class QuietHours:
     """No SMS or call between ``start`` and ``end``, local time of the contact (wraps midnight
-    when ``start`` > ``end``). Default 21:00 to 08:00; per-tenant settings come later."""
+    when ``start`` > ``end``). Default 21:00 to 08:00; each tenant may set its own (/v1/settings)."""
 
     start: time = time(21, 0)
     end: time = time(8, 0)

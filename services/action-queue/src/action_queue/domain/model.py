@@ -125,17 +125,23 @@ class Transition:
 @dataclass(frozen=True)
 class Actor:
     """Who asks for a change: their tenant, user id (None for service tokens) and whether they
-    supervise the whole tenant (managers and admins) or only their own actions (agents)."""
+    supervise others (managers and admins) or only their own actions (agents). ``team`` limits a
+    supervisor to the actions assigned to these users (a manager's team); None: the whole tenant
+    (admins)."""
 
     tenant: str
     user_id: uuid.UUID | None
     supervisor: bool
+    team: frozenset[uuid.UUID] | None = None
 
     def can_access(self, action: ManualAction) -> bool:
-        """Agents see and act on the actions assigned to them; supervisors on all of their tenant's."""
+        """Agents see and act on the actions assigned to them; managers on their team's; admins on
+        all of their tenant's."""
         if action.tenant != self.tenant:
             return False
-        return self.supervisor or (self.user_id is not None and action.assignee_user_id == self.user_id)
+        if self.supervisor:
+            return self.team is None or action.assignee_user_id in self.team
+        return self.user_id is not None and action.assignee_user_id == self.user_id
 
 
 @dataclass
@@ -173,6 +179,9 @@ class ManualAction:
     due_at: datetime | None = None
     message_template: str | None = None
     history: list[Transition] = field(default_factory=list)
+    # Not stored: the SMS text to propose when a person opens the action (the template rendered
+    # with the contact's current data), filled in by the use case that shows the action.
+    proposed_message: str | None = field(default=None, compare=False)
 
     # --- creation --------------------------------------------------------------------------------
 
@@ -306,6 +315,19 @@ class ManualAction:
             raise InvalidField("until", "until must be in the future")
         return self._record(ActionSnoozed(**self._common(), until=until, reason=reason, snoozed_by=by,
                                           snoozed_at=now))
+
+    def reschedule(self, by: uuid.UUID | None, until: datetime, now: datetime, *,
+                   reason: str | None = None) -> ActionScheduled | ActionSnoozed:
+        """Move the action to ``until``: a scheduled SMS goes out then instead (ActionScheduled with
+        the same text, still on behalf of the person who scheduled it); any other idle action is
+        snoozed until then."""
+        if self.status is not ActionStatus.SCHEDULED:
+            return self.snooze(by, until, now, reason=reason)
+        if until.tzinfo is None or until <= now:
+            raise InvalidField("until", "until must be a future time with a UTC offset")
+        return self._record(ActionScheduled(**self._common(), send_at=until, timezone="UTC",
+                                            body=self._sms_text(None), scheduled_by=self.scheduled_by,
+                                            scheduled_at=now))
 
     def wake(self, now: datetime) -> ActionRequeued:
         """The system queues a snoozed action again once its time has come."""

@@ -33,6 +33,8 @@ from action_queue.domain import (
     NotAllowed,
     ReservedByAnother,
 )
+from action_queue.domain.checks import QuietHours
+from action_queue.domain.people import Outcome, OutOfOffice, QueueSettings, parse_clock
 from action_queue.entrypoints.schemas import (
     ActionDetail,
     ActionPage,
@@ -41,10 +43,14 @@ from action_queue.entrypoints.schemas import (
     BulkRequestView,
     CompleteRequest,
     ListCounts,
+    OutcomeSetting,
     PlaceCallRequest,
+    QuietHoursSetting,
     ReassignRequest,
     ScheduleSmsRequest,
     SendSmsRequest,
+    SettingsBody,
+    SettingsView,
     SkipRequest,
     SnoozeRequest,
 )
@@ -88,13 +94,16 @@ def _context(request: Request) -> ApiContext:
 _ANY_ROLE = require_roles(Role.ADMIN, Role.MANAGER, Role.AGENT)
 
 
-def _actor(principal: Annotated[Principal, Depends(_ANY_ROLE)]) -> Actor:
-    return Actor(tenant=principal.tenant, user_id=principal.user_id,
-                 supervisor=principal.role in (Role.ADMIN, Role.MANAGER))
+ContextDep = Annotated[ApiContext, Depends(_context)]
+
+
+async def _actor(principal: Annotated[Principal, Depends(_ANY_ROLE)], ctx: ContextDep) -> Actor:
+    """Admins act on the whole tenant, managers on their team (from the user directory), agents on
+    their own actions."""
+    return await queue.resolve_actor(ctx.uow(), principal.tenant, principal.user_id, principal.role)
 
 
 ActorDep = Annotated[Actor, Depends(_actor)]
-ContextDep = Annotated[ApiContext, Depends(_context)]
 
 
 @contextmanager
@@ -355,6 +364,8 @@ async def reassign(action_id: uuid.UUID, payload: ReassignRequest, actor: ActorD
 
 
 def _zone(zone_name: str) -> str:
+    if zone_name in (queue.TIMEZONE_CONTACT, queue.TIMEZONE_USER):
+        return zone_name
     try:
         ZoneInfo(zone_name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -391,7 +402,8 @@ def _bulk_view(request: BulkRequest) -> BulkRequestView:
 
 
 @router.post("/actions/bulk", response_model=BulkRequestView, status_code=202,
-             summary="Reassign, delete or snooze every action matching a filter (managers and admins)",
+             summary="Reassign, delete, snooze or reschedule every action matching a filter (managers: "
+                     "their team's; admins)",
              responses={200: {"description": "This request id was sent before: its request as it stands."}})
 async def bulk(payload: BulkRequestBody, actor: ActorDep, ctx: ContextDep,
                response: Response) -> BulkRequestView:
@@ -401,7 +413,10 @@ async def bulk(payload: BulkRequestBody, actor: ActorDep, ctx: ContextDep,
     request = BulkRequest(
         tenant=actor.tenant, request_id=payload.request_id, operation=BulkOperation(payload.operation),
         filters=ActionFilter(assignee_user_id=f.assignee_user_id, workflow_id=f.workflow_id,
-                             contact=f.contact, types=tuple(f.type), statuses=tuple(f.status)),
+                             contact=f.contact, types=tuple(f.type), statuses=tuple(f.status),
+                             overdue=f.overdue, as_of=ctx.clock() if f.overdue is not None else None,
+                             queued_from=f.queued_from, queued_to=f.queued_to, due_from=f.due_from,
+                             due_to=f.due_to),
         requested_by=actor.user_id, created_at=ctx.clock(), assignee_user_id=payload.assignee_user_id,
         until=payload.until, reason=payload.reason)
     with _as_problem():
@@ -419,6 +434,43 @@ async def bulk_status(request_id: str, actor: ActorDep, ctx: ContextDep) -> Bulk
     if stored is None:
         raise problem(404, "Bulk request not found", f"no bulk request {request_id!r}", request_id=request_id)
     return _bulk_view(stored)
+
+
+def _settings_view(settings: QueueSettings) -> SettingsView:
+    return SettingsView(
+        outcomes=[OutcomeSetting(slug=o.slug, label=o.label) for o in settings.outcomes],
+        quiet_hours=QuietHoursSetting(start=f"{settings.quiet_hours.start:%H:%M}",
+                                      end=f"{settings.quiet_hours.end:%H:%M}"),
+        out_of_office=settings.out_of_office.value, away_counts_as_out=settings.away_counts_as_out,
+        version=settings.version)
+
+
+@router.get("/settings", response_model=SettingsView, summary="The tenant's queue settings")
+async def get_settings(actor: ActorDep, ctx: ContextDep) -> SettingsView:
+    """Call outcomes, quiet hours (contact-local) and the out-of-office policy; the defaults until an
+    admin saves settings."""
+    async with ctx.uow() as uow:
+        return _settings_view(await uow.settings.get(actor.tenant))
+
+
+_ADMIN = require_roles(Role.ADMIN)
+
+
+@router.put("/settings", response_model=SettingsView, summary="Replace the tenant's queue settings (admins)")
+async def put_settings(payload: SettingsBody, principal: Annotated[Principal, Depends(_ADMIN)],
+                       ctx: ContextDep) -> SettingsView:
+    try:
+        settings = QueueSettings(
+            outcomes=tuple(Outcome(o.slug, o.label) for o in payload.outcomes),
+            quiet_hours=QuietHours(start=parse_clock(payload.quiet_hours.start, "quiet_hours.start"),
+                                   end=parse_clock(payload.quiet_hours.end, "quiet_hours.end")),
+            out_of_office=OutOfOffice(payload.out_of_office), away_counts_as_out=payload.away_counts_as_out)
+    except InvalidField as exc:
+        raise _invalid(f"body.{exc.field}", exc.detail) from exc
+    async with ctx.uow() as uow:
+        stored = await uow.settings.put(principal.tenant, settings, principal.user_id)
+        await uow.commit()
+    return _settings_view(stored)
 
 
 def build_app(

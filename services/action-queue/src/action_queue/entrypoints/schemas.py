@@ -70,13 +70,19 @@ class ActionView(BaseModel):
 class ActionDetail(ActionView):
     """An action with its history of status changes."""
 
+    proposed_message: str | None = Field(
+        default=None,
+        description="SMS actions: the text to propose, i.e. the step's template rendered with the contact's "
+                    "current data (the queued message when there is no template or no current contact data). "
+                    "Sent when send-sms or schedule-sms get no edited body.")
     history: list[TransitionView]
 
     @classmethod
     def of(cls, action: ManualAction) -> ActionDetail:
         history = [{"at": h.at, "from": h.from_status, "to": h.to_status, "by": h.by, "reason": h.reason}
                    for h in action.history]
-        return cls.model_validate({**_fields(action), "history": history})
+        proposed = action.proposed_message if action.proposed_message is not None else action.message
+        return cls.model_validate({**_fields(action), "history": history, "proposed_message": proposed})
 
 
 def _fields(action: ManualAction) -> dict[str, object]:
@@ -120,6 +126,11 @@ class BulkFilter(BaseModel):
     type: list[ActionType] = Field(default_factory=list)
     status: list[ActionStatus] = Field(default_factory=list,
                                        description="Default: every status that is not final.")
+    overdue: bool | None = Field(default=None, description="Overdue when the request is made (see the list).")
+    queued_from: AwareDatetime | None = None
+    queued_to: AwareDatetime | None = None
+    due_from: AwareDatetime | None = None
+    due_to: AwareDatetime | None = None
 
 
 class BulkRequestBody(BaseModel):
@@ -127,10 +138,12 @@ class BulkRequestBody(BaseModel):
 
     request_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$",
                             description="Chosen by the client; sending it again returns the same request.")
-    operation: Literal["reassign", "delete", "snooze"]
+    operation: Literal["reassign", "delete", "snooze", "reschedule"]
     filter: BulkFilter = Field(default_factory=BulkFilter)
     assignee_user_id: uuid.UUID | None = Field(default=None, description="reassign: the new assignee.")
-    until: AwareDatetime | None = Field(default=None, description="snooze: until when.")
+    until: AwareDatetime | None = Field(
+        default=None, description="snooze: until when; reschedule: the new time (scheduled SMS are sent "
+                                  "then, other open actions are snoozed until then).")
     reason: str | None = Field(default=None, max_length=500)
 
 
@@ -195,6 +208,38 @@ class ScheduleSmsRequest(BaseModel):
                                           "instant with a UTC offset.")
     timezone: str | None = Field(
         default=None, min_length=1, max_length=64,
-        description="IANA time zone of ``send_at`` (the contact's or the user's); default: the contact's "
-                    "time zone when known, else UTC.")
+        description="Time zone of ``send_at``: \"contact\" (the contact's), \"user\" (yours, from the team "
+                    "directory) or an IANA name; default: the contact's time zone when known, else UTC.")
     body: str | None = Field(default=None, min_length=1, max_length=SMS_MAX_LENGTH)
+
+
+class OutcomeSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(description="What POST .../complete accepts as outcome: a-z first, then a-z, 0-9, _.")
+    label: str = Field(description="What people see.")
+
+
+class QuietHoursSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(description="HH:MM, contact-local; no SMS or call from then...")
+    end: str = Field(description="...until HH:MM (wraps midnight when earlier than start).")
+
+
+class SettingsBody(BaseModel):
+    """A tenant's queue settings (all fields; PUT replaces them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: list[OutcomeSetting] = Field(description="Call outcomes offered and accepted, in order.")
+    quiet_hours: QuietHoursSetting
+    out_of_office: Literal["redistribute", "hold"] = Field(
+        description="redistribute: an out-of-office user's queued actions go round robin to the available "
+                    "members of their team; hold: they stay and Let's Start offers the user nothing until "
+                    "they are back.")
+    away_counts_as_out: bool = Field(default=False, description="Treat availability away like out_of_office.")
+
+
+class SettingsView(SettingsBody):
+    version: int = Field(description="How many times the settings were saved (0: the defaults).")

@@ -1,4 +1,7 @@
-"""Bulk reassign, delete and snooze over a filter, idempotent by the client's request id.
+"""Bulk reassign, delete, snooze and reschedule over a filter, idempotent by the client's request id.
+
+Managers work on their team's actions only: the filter they submit is limited to their team's
+members when recorded, and a reassignment must stay within the team.
 
 ``submit`` records the request (or returns the one already recorded under that id) and does no
 work itself; ``run_chunk`` — called by the bulk loop — works one chunk of one running request in
@@ -20,6 +23,7 @@ from action_queue.domain import ActionStatus, Actor, DomainError, InvalidField, 
 from action_queue.domain.model import TERMINAL
 from action_queue.handlers.ports import BulkOperation, BulkRequest, BulkStatus, UnitOfWork
 from action_queue.handlers.publishing import envelope_for, topic_of
+from action_queue.handlers.queue import require_in_scope
 from manual_actions.contracts import Envelope, Payload
 
 DEFAULT_CHUNK = 1000
@@ -36,10 +40,17 @@ async def submit(uow: UnitOfWork, actor: Actor, request: BulkRequest, *,
     """Record ``request``; return the stored request and whether it is new. Supervisors only."""
     if not actor.supervisor:
         raise NotAllowed("only managers and admins may change actions in bulk")
-    if request.operation is BulkOperation.REASSIGN and request.assignee_user_id is None:
-        raise InvalidField("assignee_user_id", "assignee_user_id is required to reassign")
-    if request.operation is BulkOperation.SNOOZE and (request.until is None or request.until <= now):
-        raise InvalidField("until", "until is required to snooze and must be in the future")
+    if request.operation is BulkOperation.REASSIGN:
+        if request.assignee_user_id is None:
+            raise InvalidField("assignee_user_id", "assignee_user_id is required to reassign")
+        require_in_scope(actor, request.assignee_user_id, "assignee_user_id")
+    if request.operation in (BulkOperation.SNOOZE, BulkOperation.RESCHEDULE) and (
+            request.until is None or request.until <= now):
+        raise InvalidField("until", f"until is required to {request.operation} and must be in the future")
+    if actor.team is not None:
+        if request.filters.assignee_user_id not in (None, *actor.team):
+            raise InvalidField("filter.assignee_user_id", "that user is not in your team")
+        request = replace(request, filters=replace(request.filters, assignees=tuple(sorted(actor.team))))
     if not request.filters.statuses:
         request = replace(request, filters=replace(request.filters, statuses=OPEN_STATUSES))
     async with uow:
@@ -51,10 +62,16 @@ async def submit(uow: UnitOfWork, actor: Actor, request: BulkRequest, *,
 
 
 async def status(uow: UnitOfWork, actor: Actor, request_id: str) -> BulkRequest | None:
+    """The request, if the actor may see it: admins every request of the tenant, managers those
+    limited to (part of) their team."""
     if not actor.supervisor:
         raise NotAllowed("only managers and admins may change actions in bulk")
     async with uow:
-        return await uow.bulk.get(actor.tenant, request_id)
+        found = await uow.bulk.get(actor.tenant, request_id)
+    if found is None or actor.team is None:
+        return found
+    scope = found.filters.assignees
+    return found if scope is not None and set(scope) <= actor.team else None
 
 
 def _change(request: BulkRequest, action: ManualAction, now: datetime) -> Payload | None:
@@ -67,6 +84,8 @@ def _change(request: BulkRequest, action: ManualAction, now: datetime) -> Payloa
         if request.operation is BulkOperation.DELETE:
             return action.delete(request.requested_by, reason=request.reason, now=now)
         assert request.until is not None
+        if request.operation is BulkOperation.RESCHEDULE:
+            return action.reschedule(request.requested_by, request.until, now, reason=request.reason)
         return action.snooze(request.requested_by, request.until, now, reason=request.reason)
     except DomainError:
         return None

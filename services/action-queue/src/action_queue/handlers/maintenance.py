@@ -29,7 +29,8 @@ async def _work(uow: UnitOfWork, action: ManualAction, now: datetime) -> list[Pa
         return [housekeeping]
     if action.sms_due(now):
         contact = await uow.contacts.get(action.tenant, action.contact.id)
-        reason = blocked_reason(action, contact, now)
+        settings = await uow.settings.get(action.tenant)
+        reason = blocked_reason(action, contact, now, settings.quiet_hours)
         if reason is not None:  # the checks at the moment of work apply to a scheduled SMS too
             metrics.BLOCKED.labels(type=action.type.value).inc()
             return [action.skip(None, f"scheduled SMS not sent: {reason}", now)]

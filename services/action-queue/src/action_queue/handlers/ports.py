@@ -16,6 +16,7 @@ from typing import Any, Protocol, Self
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.checks import ContactState
+from action_queue.domain.people import QueueSettings, UserState
 from manual_actions.contracts import ActionType, Envelope
 
 
@@ -153,6 +154,7 @@ class BulkOperation(StrEnum):
     REASSIGN = "reassign"
     DELETE = "delete"
     SNOOZE = "snooze"
+    RESCHEDULE = "reschedule"  # scheduled SMS go out at ``until`` instead; other open actions snooze until it
 
 
 class BulkStatus(StrEnum):
@@ -253,6 +255,25 @@ class ContactRepository(Protocol):
         """Store ``state`` unless a state with a version at least as new is stored; True if stored."""
 
 
+class UserRepository(Protocol):
+    async def get(self, tenant: str, user_id: uuid.UUID) -> UserState | None:
+        """The user's last known state, None if action-queue never heard of them."""
+
+    async def upsert(self, tenant: str, state: UserState) -> bool:
+        """Store ``state`` unless a state with a version at least as new is stored; True if stored."""
+
+    async def team(self, tenant: str, team_id: uuid.UUID) -> Sequence[UserState]:
+        """The team's users that are not deleted, by user id."""
+
+
+class SettingsRepository(Protocol):
+    async def get(self, tenant: str) -> QueueSettings:
+        """The tenant's settings, the defaults when it never saved any."""
+
+    async def put(self, tenant: str, settings: QueueSettings, by: uuid.UUID | None) -> QueueSettings:
+        """Replace the tenant's settings; returns them with the new ``version``."""
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the block without ``commit()`` rolls everything back."""
 
@@ -277,6 +298,12 @@ class UnitOfWork(Protocol):
 
     @property
     def contacts(self) -> ContactRepository: ...
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def settings(self) -> SettingsRepository: ...
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record ``message_id`` as processed; False when it already was (a redelivery)."""
