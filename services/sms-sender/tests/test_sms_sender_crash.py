@@ -66,7 +66,9 @@ async def test_an_sms_accepted_just_before_a_sigkill_is_reported_unknown_and_not
         tmp_path,
         ports={spec.name: free_port() for spec in SERVICES},
         database_prefix="crash_",
-        extra_env={"CONSUMER_GROUP_ID": group},
+        # Reconciliation looks the unknown outcome up at Twilio after this delay (default 30 s).
+        extra_env={"CONSUMER_GROUP_ID": group, "RECONCILE_DELAY_SECONDS": "1",
+                   "RECONCILE_POLL_INTERVAL_SECONDS": "0.5"},
     )
     public_url = processes.url("sms-sender")
     command = SendSms(
@@ -110,6 +112,14 @@ async def test_an_sms_accepted_just_before_a_sigkill_is_reported_unknown_and_not
         assert "unknown" in event.data.reason and "not resent" in event.data.reason
         await asyncio.sleep(1.0)
         assert len(await requests_for_command()) == 1
+        # Before reporting it, the restarted service asked Twilio for its messages to the number.
+        # (The mock's list answers with the spec's example messages, never ours, so the lookup
+        # finds nothing here; against Twilio it would find the SMS and report SmsSent instead.)
+        async with httpx.AsyncClient(base_url=stack.twilio_base_url, timeout=10) as mock:
+            logged = (await mock.get("/__mock/requests")).json()
+        lookups = [r for r in logged if r["method"] == "GET" and r["path"].endswith("/Messages.json")]
+        assert [r["status"] for r in lookups if "To=%2B14155550166" in r["query"]] == [200]
+        assert "Twilio's message list does not show it" in event.data.reason
         # Only a late status callback could add a result (SmsSent, settling the unknown); the mock
         # sent its callbacks while the process was down, so none is expected here.
         assert [e.type for e in await _results_for(stack.kafka_bootstrap, command.command_id)] == [

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -148,11 +148,20 @@ def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
 
 @contextlib.asynccontextmanager
 async def running(
-    spec: TwilioServiceSpec, settings: TwilioSettings, stack: Any, results_topic: str
+    spec: TwilioServiceSpec,
+    settings: S,
+    stack: Any,
+    results_topic: str,
+    build: Callable[[S], Awaitable[TwilioService]] | None = None,
 ) -> AsyncIterator[Harness]:
-    """The service of ``spec`` built and served until the block ends (``settings`` from ``settings_for``)."""
+    """The service of ``spec`` built and served until the block ends (``settings`` from ``settings_for``).
+
+    ``build`` is the service's own builder when it adds to the shared wiring (sms-sender's
+    reconciliation loop); default ``build_twilio_service(settings, spec)``.
+    """
     await position_group_at_end(stack.kafka_bootstrap, settings.consumer_group_id, spec.commands_topic)
-    harness = await _start(await build_twilio_service(settings, spec), settings, stack, results_topic)
+    service = await build(settings) if build is not None else await build_twilio_service(settings, spec)
+    harness = await _start(service, settings, stack, results_topic)
     try:
         yield harness
     finally:

@@ -47,3 +47,12 @@ SMS_INBOUND_DUPLICATES = Counter(
 SMS_INBOUND_REFUSED = Counter(
     "sms_sender_inbound_refused", "Incoming-message webhooks refused, by reason.", ["reason"]
 )
+
+# Requests with an unknown outcome looked up at Twilio before being reported (decision 0017), by
+# how each step ended: started (deferred for lookup), found_sent / found_failed / found_pending
+# (Twilio has the SMS), not_found (reported unknown: Twilio shows no such SMS), lookup_failed
+# (Twilio could not be asked; retried), gave_up (reported unknown after RECONCILE_MAX_LOOKUPS
+# failed lookups), callback (a status callback settled it first).
+SMS_RECONCILIATIONS = Counter(
+    "sms_sender_reconciliations", "Unknown SMS outcomes looked up at Twilio, by result.", ["result"]
+)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.schema import SchemaItem
 
@@ -36,7 +37,17 @@ def outgoing_sms_columns() -> list[SchemaItem]:
     ]
 
 
-outgoing_sms = Table("outgoing_sms", metadata, *outgoing_schema("outgoing_sms"), *outgoing_sms_columns())
+outgoing_sms = Table(
+    "outgoing_sms",
+    metadata,
+    *outgoing_schema("outgoing_sms"),
+    *outgoing_sms_columns(),
+    # Migration 0003: a request with an unknown outcome is looked up at Twilio before it is
+    # reported (handlers.reconcile); due at reconcile_at, null once settled.
+    Column("reconcile_at", DateTime(timezone=True), nullable=True, comment="When to look it up at Twilio."),
+    Column("reconcile_lookups", Integer, nullable=False, server_default="0"),
+    Index("ix_outgoing_sms_reconcile_due", "reconcile_at", postgresql_where=text("reconcile_at IS NOT NULL")),
+)
 sms_status_callbacks = Table("sms_status_callbacks", metadata, *callback_schema("outgoing_sms"))
 
 # One row per incoming message Twilio delivered to our webhook (migration 0002). The primary key is

@@ -46,6 +46,7 @@ async def handle_status_callback(
                 update(t).where(t.c.command_id == command_id).values(
                     result=result.value, result_at=now,
                     error_code=error_code if result is SmsResult.FAILED else row["error_code"],
+                    reconcile_at=None,  # settled: nothing left for the reconciliation loop
                 )
             )
         if result is SmsResult.SENT:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -13,6 +13,7 @@ from manual_actions.contracts import SendSms, SmsFailed, topics
 from manual_actions.kafka import BatchHandler
 from manual_actions.twilio_support import (
     DispatchFailure,
+    FailureKind,
     OutgoingRow,
     TwilioSettings,
     command_intake,
@@ -21,6 +22,7 @@ from manual_actions.twilio_support import (
 from sms_sender import metrics
 from sms_sender.adapters.tables import outgoing_sms
 from sms_sender.domain.sms import failure_reason, result_for_failure
+from sms_sender.settings import SmsSenderSettings
 
 SOURCE = "sms-sender"
 STATUS_CALLBACK_PATH = "/twilio/sms-status"
@@ -36,12 +38,20 @@ def send_sms_intake(engine: AsyncEngine, *, stored: Callable[[], None] | None = 
 
 
 class SmsTarget:
-    """What the dispatcher does for an SMS: ``messages.create`` and SmsFailed when it fails."""
+    """What the dispatcher does for an SMS: ``messages.create`` and SmsFailed when it fails.
+
+    With ``SmsSenderSettings`` (always, in sms-sender), a request whose outcome is unknown is not
+    reported at once: it is left for ``handlers.reconcile`` to look up at Twilio after
+    ``RECONCILE_DELAY_SECONDS`` (decision 0017), which reports it sent, failed, or still unknown.
+    """
 
     operation = "messages.create"
 
     def __init__(self, settings: TwilioSettings) -> None:
         self._settings = settings
+        self._reconcile_delay = (
+            settings.reconcile_delay_seconds if isinstance(settings, SmsSenderSettings) else None
+        )
 
     def send(self, client: Client, row: OutgoingRow) -> str:
         message = client.messages.create(
@@ -58,25 +68,42 @@ class SmsTarget:
         metrics.SMS_ACCEPTED.inc()
 
     async def failed(self, conn: AsyncConnection, row: OutgoingRow, failure: DispatchFailure) -> None:
-        result = result_for_failure(failure)
-        reason = failure_reason(failure)
-        await conn.execute(
-            update(outgoing_sms)
-            .where(outgoing_sms.c.command_id == row["command_id"])
-            .values(result=result.value, result_at=func.now(), error_code=failure.error_code)
-        )
-        await stage_result(
-            conn,
-            outgoing_sms,
-            row["command_id"],
-            SmsFailed(
-                command_id=row["command_id"],
-                action_id=row["action_id"],
-                reason=reason,
-                error_code=failure.error_code,
-                failed_at=datetime.now(UTC),
-            ),
-            topic=topics.SMS_RESULTS,
-            source=SOURCE,
-        )
-        metrics.SMS_FAILED.labels(failure.kind.value).inc()
+        if failure.kind is FailureKind.UNKNOWN and self._reconcile_delay is not None:
+            await conn.execute(
+                update(outgoing_sms)
+                .where(outgoing_sms.c.command_id == row["command_id"])
+                .values(
+                    reconcile_at=func.now() + timedelta(seconds=self._reconcile_delay),
+                    reconcile_lookups=0,
+                    error_code=failure.error_code,
+                )
+            )
+            metrics.SMS_RECONCILIATIONS.labels("started").inc()
+            return
+        await stage_failure(conn, row, failure)
+
+
+async def stage_failure(conn: AsyncConnection, row: OutgoingRow, failure: DispatchFailure) -> None:
+    """Record ``failure`` as the row's result and stage its SmsFailed, in the caller's transaction."""
+    result = result_for_failure(failure)
+    reason = failure_reason(failure)
+    await conn.execute(
+        update(outgoing_sms)
+        .where(outgoing_sms.c.command_id == row["command_id"])
+        .values(result=result.value, result_at=func.now(), error_code=failure.error_code, reconcile_at=None)
+    )
+    await stage_result(
+        conn,
+        outgoing_sms,
+        row["command_id"],
+        SmsFailed(
+            command_id=row["command_id"],
+            action_id=row["action_id"],
+            reason=reason,
+            error_code=failure.error_code,
+            failed_at=datetime.now(UTC),
+        ),
+        topic=topics.SMS_RESULTS,
+        source=SOURCE,
+    )
+    metrics.SMS_FAILED.labels(failure.kind.value).inc()
