@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
@@ -185,9 +185,11 @@ class BulkRequest:
     finished_at: datetime | None = None
 
     def same_request(self, other: BulkRequest) -> bool:
-        """Whether ``other`` asks for exactly the same work (a retry of this request)."""
+        """Whether ``other`` asks for exactly the same work (a retry of this request). The time an
+        overdue filter is evaluated at is the first request's, so it does not count."""
+        filters = replace(other.filters, as_of=self.filters.as_of)
         return ((self.operation, self.filters, self.assignee_user_id, self.until, self.reason)
-                == (other.operation, other.filters, other.assignee_user_id, other.until, other.reason))
+                == (other.operation, filters, other.assignee_user_id, other.until, other.reason))
 
 
 class BulkRequestStore(Protocol):
@@ -208,6 +210,12 @@ class ActionRepository(Protocol):
 
     async def tenant_of(self, action_id: uuid.UUID) -> str | None:
         """The tenant owning ``action_id`` (whatever the caller's tenant), None if unknown."""
+
+    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
+        """Insert those of ``actions`` (distinct ids) whose id does not exist yet; the ids inserted."""
+
+    async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The owning tenant of each known id of ``action_ids`` (unknown ids are left out)."""
 
     async def get(self, tenant: str, action_id: uuid.UUID, *,
                   for_update: bool = False) -> ManualAction | None:
@@ -307,6 +315,9 @@ class UnitOfWork(Protocol):
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record ``message_id`` as processed; False when it already was (a redelivery)."""
+
+    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """``first_time_seen`` for many ids at once: the ids recorded now (not seen before)."""
 
 
 class UnitOfWorkFactory(Protocol):
