@@ -130,6 +130,14 @@ async def stored(sms: Harness, sid: str) -> list[dict[str, Any]]:
         return [dict(r) for r in rows.mappings()]
 
 
+async def inbound_count(sms: Harness, keyword: str) -> float:
+    """``sms_inbound_total{keyword=...}`` as the service's /metrics shows it (0 before the first)."""
+    text = (await sms.http.get("/metrics")).text
+    prefix = f'sms_inbound_total{{keyword="{keyword}"}} '
+    values = [float(line.removeprefix(prefix)) for line in text.splitlines() if line.startswith(prefix)]
+    return values[0] if values else 0.0
+
+
 def assert_empty_twiml(response: httpx.Response) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/xml")
@@ -180,6 +188,7 @@ async def test_stop_is_published_as_an_opt_out_and_start_as_an_opt_in(
     sender = contact_number()
     stop_sid, start_sid = new_sid(), new_sid()
     account = sms.stack.twilio_account_sid
+    opt_outs_before = await inbound_count(sms, "opt_out")
     assert_empty_twiml(await post_incoming(sms, tenant, incoming(stop_sid, sender, " Stop\n", account)))
     assert_empty_twiml(await post_incoming(sms, tenant, incoming(start_sid, sender, "UNSTOP", account)))
 
@@ -196,6 +205,7 @@ async def test_stop_is_published_as_an_opt_out_and_start_as_an_opt_in(
         stop_sid,
         start_sid,
     ]
+    assert await inbound_count(sms, "opt_out") == opt_outs_before + 1
 
 
 async def test_a_webhook_twilio_repeats_is_published_once(
