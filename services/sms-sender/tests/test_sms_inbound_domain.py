@@ -17,8 +17,22 @@ SID = "SM" + "0123456789abcdef" * 2
 
 @pytest.mark.parametrize(
     "body",
-    ["STOP", "stop", "Stop", " STOP ", "STOP\n", "\tstop\r\n", "STOPALL", "unsubscribe", "Cancel", "END",
-     "quit", "REVOKE", "optout", "OptOut"],
+    [
+        "STOP",
+        "stop",
+        "Stop",
+        " STOP ",
+        "STOP\n",
+        "\tstop\r\n",
+        "STOPALL",
+        "unsubscribe",
+        "Cancel",
+        "END",
+        "quit",
+        "REVOKE",
+        "optout",
+        "OptOut",
+    ],
 )
 def test_opt_out_keywords(body: str) -> None:
     assert detect_keyword(body) is Keyword.OPT_OUT

@@ -270,16 +270,53 @@ async def test_a_bad_or_missing_signature_is_refused_and_nothing_is_stored(
     assert inbound.for_sid(sid) == []
 
 
-async def test_an_unknown_tenant_is_refused(sms: Harness, inbound: InboundReader) -> None:
+async def test_an_unknown_tenant_is_refused_until_it_exists(
+    sms: Harness, inbound: InboundReader, stack: Any
+) -> None:
     sid = new_sid()
     params = incoming(sid, contact_number(), "hello", sms.stack.twilio_account_sid)
-    response = await post_incoming(sms, f"no-such-tenant-{uuid.uuid4().hex[:6]}", params)
+    missing = f"no-such-tenant-{uuid.uuid4().hex[:6]}"
+    response = await post_incoming(sms, missing, params)
     assert response.status_code == 404
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["field"] == "path.tenant"
     await asyncio.sleep(0.5)
     assert await stored(sms, sid) == []
     assert inbound.for_sid(sid) == []
+
+    # A "not found" is not remembered: once the tenant exists, the same webhook is accepted.
+    engine = create_engine(stack.database_url("identity"), pool_size=1)
+    try:
+        await IdentityStore(engine).create_tenant(missing, "Created after a refusal")
+    finally:
+        await engine.dispose()
+    assert_empty_twiml(await post_incoming(sms, missing, params))
+    [(_, value)] = await eventually(lambda: inbound.for_sid(sid), what="SmsReceived for the new tenant")
+    assert value["tenant"] == missing
+
+
+async def test_one_senders_messages_are_numbered_and_published_in_order(
+    sms: Harness, inbound: InboundReader, tenant: str
+) -> None:
+    sender = contact_number()
+    sids = [new_sid() for _ in range(6)]
+    account = sms.stack.twilio_account_sid
+    # Sent at once: they race for the sender's counter; each commit order is its sequence order.
+    responses = await asyncio.gather(
+        *(
+            post_incoming(sms, tenant, incoming(sid, sender, f"reply {i}", account))
+            for i, sid in enumerate(sids)
+        )
+    )
+    for response in responses:
+        assert_empty_twiml(response)
+
+    def published() -> list[dict[str, Any]]:
+        return [v for _, v in inbound.records if v["subject"] == sender]
+
+    await eventually(lambda: len(published()) == len(sids), what="six SmsReceived")
+    assert [v["sequence"] for v in published()] == [1, 2, 3, 4, 5, 6]  # Kafka order = sequence
+    assert sorted(v["data"]["message_sid"] for v in published()) == sorted(sids)
 
 
 @pytest.mark.parametrize(
