@@ -90,8 +90,8 @@ def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
     )
     async def inbound_sms(params: Signed, tenant: Tenant) -> Response:
         """Store the message once per MessageSid and publish SmsReceived on sms-inbound (with its
-        keyword: opt_out, opt_in, help or none); a repeated webhook publishes nothing again. The
-        answer is always an empty TwiML ``<Response/>``, so Twilio sends no automatic reply."""
+        keyword: opt_out, opt_in, help or none); a repeated webhook publishes nothing again. Both
+        are answered with an empty TwiML ``<Response/>``, so Twilio sends no automatic reply."""
         with log_context(tenant=tenant):
             if not await directory.exists(tenant):
                 metrics.SMS_INBOUND_REFUSED.labels("unknown_tenant").inc()
