@@ -202,7 +202,11 @@ class Reconciler:
         """One page (the newest 50) of our messages to the row's number since its request began."""
         start, _ = creation_window(row["claimed_at"], self._timeout, self._skew)
         page = self._client.messages.page(
-            to=row["to"], from_=self._settings.twilio_from_number, date_sent_after=start, page_size=50
+            to=row["to"],
+            from_=self._settings.twilio_from_number,
+            # The SDK writes the wall-clock fields with a "Z": give it UTC.
+            date_sent_after=start.astimezone(UTC),
+            page_size=50,
         )
         return [_listed(message) for message in page]
 
