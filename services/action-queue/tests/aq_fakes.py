@@ -128,8 +128,10 @@ class FakeContacts:
 
 
 class FakeUsers:
-    def __init__(self, store: dict[tuple[str, uuid.UUID], UserState]) -> None:
+    def __init__(self, store: dict[tuple[str, uuid.UUID], UserState],
+                 actions: dict[uuid.UUID, ManualAction]) -> None:
         self._store = store
+        self._actions = actions
 
     async def get(self, tenant: str, user_id: uuid.UUID) -> UserState | None:
         return self._store.get((tenant, user_id))
@@ -144,6 +146,17 @@ class FakeUsers:
     async def team(self, tenant: str, team_id: uuid.UUID) -> Sequence[UserState]:
         return sorted((u for (t, _), u in self._store.items() if t == tenant and u.team_id == team_id
                        and not u.deleted), key=lambda u: u.user_id)
+
+    async def out_with_queued(self, now: datetime, *, limit: int,
+                              after: tuple[str, uuid.UUID] | None = None) -> Sequence[tuple[str, UserState]]:
+        found = [(t, u) for (t, _), u in sorted(self._store.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+                 if (after is None or (t, u.user_id) > after)
+                 and u.availability in ("away", "out_of_office") and not u.deleted
+                 and (u.unavailable_from is None or u.unavailable_from <= now)
+                 and (u.unavailable_until is None or u.unavailable_until > now)
+                 and any(a.tenant == t and a.assignee_user_id == u.user_id and a.status is ActionStatus.QUEUED
+                         for a in self._actions.values())]
+        return found[:limit]
 
 
 class FakeSettings:
@@ -186,7 +199,7 @@ class FakeUnitOfWork:
         self._contacts_work = dict(self.contact_states)
         self._contacts = FakeContacts(self._contacts_work)
         self._users_work = dict(self.user_states)
-        self._users = FakeUsers(self._users_work)
+        self._users = FakeUsers(self._users_work, self._work)
         self._settings_work = dict(self.tenant_settings)
         self._settings = FakeSettings(self._settings_work)
         return self

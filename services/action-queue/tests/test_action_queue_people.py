@@ -15,6 +15,7 @@ from aq_harness import Harness, eventually
 from test_action_queue_integration import _problem
 
 from action_queue.domain import ManualAction
+from action_queue.handlers import directory
 from manual_actions.auth import Role
 from manual_actions.contracts import ActionType, topics
 from manual_actions.contracts.messages import (
@@ -62,13 +63,14 @@ class Team:
 
     async def user(self, name: str, *, role: str = "agent", team_id: uuid.UUID | None = None,
                    phone: str = "+14155550299", timezone: str = "UTC", availability: str = "available",
-                   wait: bool = True) -> Any:
+                   unavailable_from: datetime | None = None, wait: bool = True) -> Any:
         user_id = self.ids[name]
         version = self.versions.get(user_id, 0) + 1
         self.versions[user_id] = version
         event = UserUpdated(user_id=user_id, name=f"User {name.upper()}", phone=phone, role=role,
                             team_id=team_id if team_id is not None else self.team1, timezone=timezone,
-                            availability=Availability(status=availability), updated_at=datetime.now(UTC))
+                            availability=Availability(status=availability, unavailable_from=unavailable_from),
+                            updated_at=datetime.now(UTC))
         meta = await self.aq.produce(wrap(event, tenant=self.tenant, subject=user_id, sequence=version),
                                      topic=topics.USERS)
         if wait:
@@ -214,6 +216,18 @@ async def test_out_of_office_redistributes_queued_actions_round_robin(aq: Harnes
         return page["items"] == []
 
     await eventually(a3_empty, what="a3's queued actions redistributed")
+
+
+async def test_an_absence_starting_later_is_redistributed_when_it_starts(aq: Harness, team: Team) -> None:
+    start = datetime.now(UTC) + timedelta(hours=1)
+    ids = await team.store("b1", 2)
+    await team.user("b1", team_id=team.team2, availability="out_of_office", unavailable_from=start)
+    assert {a["assignee_user_id"] for a in (await team["m2"].get("/v1/actions")).json()["items"]} == {
+        str(team.ids["b1"])}
+    # What the out-of-office loop does at that time (run here with a clock set to it).
+    assert await directory.redistribute_due(aq.service.uow, start + timedelta(minutes=1)) >= 2
+    after = {a["id"]: a["assignee_user_id"] for a in (await team["m2"].get("/v1/actions")).json()["items"]}
+    assert {after[str(i)] for i in ids} == {str(team.ids["m2"])}  # m2 is b1's only teammate
 
 
 async def test_out_of_office_hold_keeps_actions_and_offers_none_until_back(aq: Harness, team: Team) -> None:

@@ -150,3 +150,17 @@ async def test_proposal_renders_current_contact_data_and_falls_back_to_the_queue
     assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Grace {{y}}"
     sent = await queue.send_sms(uow, agent, action_id, body=None, now=datetime.now(UTC))
     assert sent.message == "Hi Grace {{y}}"
+
+
+async def test_an_absence_that_starts_later_is_acted_on_when_it_starts() -> None:
+    uow = FakeUnitOfWork()
+    await directory.apply_batch(uow, [user_updated(u) for u in (A1, A2)], clock=lambda: NOW)  # type: ignore[list-item]
+    ids = [await queue_action(uow, queued_at=T0 + timedelta(minutes=i)) for i in range(2)]
+    absence = Availability(status="out_of_office", unavailable_from=NOW + timedelta(hours=1))
+    later = UserUpdated(user_id=A1, name="Someone", phone="+14155550100", role="agent", team_id=TEAM,
+                        timezone="UTC", updated_at=NOW, availability=absence)
+    await directory.apply_batch(uow, [wrap(later, tenant=TENANT, subject=A1, sequence=2)], clock=lambda: NOW)
+    assert {uow.store[i].assignee_user_id for i in ids} == {A1}
+    assert await directory.redistribute_due(uow, NOW + timedelta(minutes=30)) == 0
+    assert await directory.redistribute_due(uow, NOW + timedelta(hours=2)) == 2
+    assert {uow.store[i].assignee_user_id for i in ids} == {A2}

@@ -24,7 +24,7 @@ from action_queue.adapters.tables import users as u
 from action_queue.domain import ActionStatus, Contact, ManualAction, Transition
 from action_queue.domain.checks import ContactState, QuietHours
 from action_queue.domain.model import IDLE, TERMINAL
-from action_queue.domain.people import Outcome, OutOfOffice, QueueSettings, UserState
+from action_queue.domain.people import AWAY, OUT_OF_OFFICE, Outcome, OutOfOffice, QueueSettings, UserState
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
     ActionFilter,
@@ -498,6 +498,29 @@ class SqlUserRepository:
         statement = (select(u).where(u.c.tenant_id == tenant, u.c.team_id == team_id, u.c.deleted.is_(False))
                      .order_by(u.c.user_id))
         return [_user(row) for row in (await self._conn.execute(statement)).mappings().all()]
+
+    async def out_with_queued(self, now: datetime, *, limit: int,
+                              after: tuple[str, uuid.UUID] | None = None) -> Sequence[tuple[str, UserState]]:
+        # Users whose absence (out_of_office, or away where the tenant counts it) covers ``now``, in
+        # tenants that redistribute, who still have queued actions: absences that began after their
+        # UserUpdated, or actions that reached them while out. Locked with SKIP LOCKED so replicas
+        # share the work; paged by (tenant, user) so users nothing can be done for starve nobody.
+        queued = (select(t.c.id).where(t.c.tenant_id == u.c.tenant_id, t.c.assignee_user_id == u.c.user_id,
+                                       t.c.status == ActionStatus.QUEUED.value).exists())
+        holds = select(ts.c.tenant_id).where(ts.c.tenant_id == u.c.tenant_id,
+                                             ts.c.out_of_office == OutOfOffice.HOLD.value).exists()
+        away_counts = select(ts.c.tenant_id).where(ts.c.tenant_id == u.c.tenant_id,
+                                                   ts.c.away_counts_as_out.is_(True)).exists()
+        statement = (select(u).where(
+            or_(u.c.availability == OUT_OF_OFFICE, and_(u.c.availability == AWAY, away_counts)), ~holds,
+            u.c.deleted.is_(False),
+            or_(u.c.unavailable_from.is_(None), u.c.unavailable_from <= now),
+            or_(u.c.unavailable_until.is_(None), u.c.unavailable_until > now), queued)
+            .order_by(u.c.tenant_id, u.c.user_id).limit(limit).with_for_update(of=u, skip_locked=True))
+        if after is not None:
+            statement = statement.where(tuple_(u.c.tenant_id, u.c.user_id) > tuple_(*after))
+        rows = (await self._conn.execute(statement)).mappings().all()
+        return [(row["tenant_id"], _user(row)) for row in rows]
 
 
 class SqlSettingsRepository:

@@ -16,7 +16,7 @@ from action_queue.adapters import migrations
 from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from action_queue.entrypoints.http import build_app
-from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop
+from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop, OutOfOfficeLoop
 from manual_actions.kafka import BatchConsumer
 from manual_actions.logging import configure_logging
 from manual_actions.runtime import open_identity_store, start_core
@@ -37,6 +37,8 @@ class Settings(ServiceSettings):
     maintenance_batch_size: int = Field(default=500, ge=1, description="Actions changed per transaction.")
     bulk_chunk_size: int = Field(default=1000, ge=1,
                                  description="Actions a bulk request changes per transaction.")
+    out_of_office_interval_ms: int = Field(
+        default=10_000, ge=10, description="Pause between rounds moving the actions of users who are out.")
     consumer_group_id: str = Field(default=GROUP_ID, min_length=1,
                                    description="Kafka consumer group; replicas of one deployment share it.")
 
@@ -63,10 +65,11 @@ async def build_service(settings: Settings) -> Service:
     maintenance = MaintenanceLoop(uow, interval=settings.maintenance_interval_ms / 1000,
                                   batch_size=settings.maintenance_batch_size)
     bulk = BulkLoop(uow, chunk=settings.bulk_chunk_size)
+    out_of_office = OutOfOfficeLoop(uow, interval=settings.out_of_office_interval_ms / 1000)
     return Service(
         app=app,
         uow=uow,
-        background=[core.relay.run, consumer.run, maintenance.run, bulk.run],
+        background=[core.relay.run, consumer.run, maintenance.run, bulk.run, out_of_office.run],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[consumer.stop, *core.shutdown_steps(), identity_engine.dispose],
     )

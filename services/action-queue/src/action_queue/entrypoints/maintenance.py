@@ -1,5 +1,5 @@
-"""Background loops: maintenance (``handlers.maintenance.run_once``) and bulk requests
-(``handlers.bulk.run_chunk``)."""
+"""Background loops: maintenance (``handlers.maintenance.run_once``), bulk requests
+(``handlers.bulk.run_chunk``) and out of office (``handlers.directory.redistribute_due``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from action_queue import metrics
-from action_queue.handlers import bulk, maintenance
+from action_queue.handlers import bulk, directory, maintenance
 from action_queue.handlers.ports import UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -67,5 +67,25 @@ class BulkLoop:
                     await asyncio.sleep(0)  # let HTTP requests in between chunks
             except Exception:
                 log.exception("bulk chunk failed; retrying after the interval")
+                metrics.MAINTENANCE_FAILURES.inc()
+            await asyncio.sleep(self._interval)
+
+
+class OutOfOfficeLoop:
+    """Every ``interval`` seconds, redistribute the queued actions of users who are out now
+    (``handlers.directory.redistribute_due``); failures are logged, counted and retried."""
+
+    def __init__(self, uow: UnitOfWorkFactory, *, interval: float = 10.0,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self._uow = uow
+        self._interval = interval
+        self._clock = clock
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await directory.redistribute_due(self._uow, self._clock())
+            except Exception:
+                log.exception("out-of-office round failed; retrying after the interval")
                 metrics.MAINTENANCE_FAILURES.inc()
             await asyncio.sleep(self._interval)

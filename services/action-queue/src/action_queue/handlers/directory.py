@@ -16,6 +16,7 @@ the user nothing until they are back.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from action_queue.domain.checks import ContactState
 from action_queue.domain.model import TERMINAL
 from action_queue.domain.people import OutOfOffice, UserState
 from action_queue.handlers.materialise import CONSUMER, UnprocessableMessage
-from action_queue.handlers.ports import ActionFilter, UnitOfWork
+from action_queue.handlers.ports import ActionFilter, UnitOfWork, UnitOfWorkFactory
 from action_queue.handlers.publishing import envelope_for, publish, topic_of
 from manual_actions.contracts import ActionType, Envelope
 from manual_actions.contracts.messages import CancelAction, ContactUpdated, UserUpdated
@@ -127,6 +128,27 @@ async def redistribute(uow: UnitOfWork, tenant: str, user: UserState, now: datet
     await uow.actions.save_many(moved)
     await uow.publish_many(messages)
     return len(moved)
+
+
+async def redistribute_due(uow_factory: UnitOfWorkFactory, now: datetime, *, limit: int = 50) -> int:
+    """The periodic side of out of office: users who are out at ``now`` and still have queued
+    actions — an absence that began after its UserUpdated arrived, or actions that reached the user
+    while out — get them redistributed as on the event, ``limit`` users per transaction. Returns
+    how many actions moved."""
+    moved = 0
+    after: tuple[str, uuid.UUID] | None = None
+    while True:
+        async with uow_factory() as uow:
+            found = await uow.users.out_with_queued(now, limit=limit, after=after)
+            for tenant, user in found:
+                settings = await uow.settings.get(tenant)
+                away = settings.away_counts_as_out
+                if settings.out_of_office is OutOfOffice.REDISTRIBUTE and user.is_out(now, away_counts=away):
+                    moved += await redistribute(uow, tenant, user, now, away_counts=away)
+            await uow.commit()
+        if len(found) < limit:
+            return moved
+        after = (found[-1][0], found[-1][1].user_id)
 
 
 async def on_cancel_action(uow: UnitOfWork, envelope: Envelope[CancelAction], now: datetime) -> None:

@@ -273,6 +273,12 @@ class UserRepository(Protocol):
     async def team(self, tenant: str, team_id: uuid.UUID) -> Sequence[UserState]:
         """The team's users that are not deleted, by user id."""
 
+    async def out_with_queued(self, now: datetime, *, limit: int,
+                              after: tuple[str, uuid.UUID] | None = None) -> Sequence[tuple[str, UserState]]:
+        """Up to ``limit`` (tenant, user), after ``after`` in (tenant, user id) order, whose absence
+        covers ``now`` and who have queued actions; locked, skipping locked users. May include users
+        the tenant's settings exempt (callers check ``is_out`` with the settings again)."""
+
 
 class SettingsRepository(Protocol):
     async def get(self, tenant: str) -> QueueSettings:
