@@ -267,9 +267,16 @@ async def test_settings_validation_and_custom_outcomes(aq: Harness, team: Team) 
     assert saved.status_code == 200, saved.text
     assert saved.json()["version"] == 1
     assert (await team["m2"].get("/v1/settings")).json()["quiet_hours"] == {"start": "20:00", "end": "09:30"}
-    # Another tenant keeps its defaults.
+    # Another tenant keeps its defaults, and its admin's PUT changes only its own settings.
     stranger = aq.client(await aq.token(await aq.new_tenant(), Role.AGENT, uuid.uuid4()))
     assert (await stranger.get("/v1/settings")).json()["version"] == 0
+    stranger_admin = aq.client(await aq.token(await aq.new_tenant(), Role.ADMIN))
+    elsewhere = await stranger_admin.put("/v1/settings", json={**good, "out_of_office": "hold"})
+    assert elsewhere.status_code == 200
+    assert (await team["m1"].get("/v1/settings")).json()["out_of_office"] == "redistribute"
+    anonymous = aq.client("not-a-token")
+    assert (await anonymous.get("/v1/settings")).status_code == 401
+    assert (await anonymous.put("/v1/settings", json=good)).status_code == 401
     # complete accepts the tenant's outcomes only.
     [a, b] = await team.store("a1", 2, action_type=ActionType.CALL)
     for action_id in (a, b):

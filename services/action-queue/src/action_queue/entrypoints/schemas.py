@@ -177,7 +177,8 @@ class CompleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: str = Field(pattern=OUTCOME_PATTERN.pattern,
-                         description="How the call went: connected, no_answer, voicemail, busy...")
+                         description="How the call went: one of the tenant's call outcomes "
+                                     "(GET /v1/settings; by default connected, no_answer, voicemail, busy).")
     notes: str | None = Field(default=None, max_length=4000)
 
 

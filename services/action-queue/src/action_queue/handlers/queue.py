@@ -27,7 +27,7 @@ from action_queue.domain import (
 )
 from action_queue.domain.checks import blocked_reason, current_phone
 from action_queue.domain.errors import InvalidField
-from action_queue.domain.people import OutOfOffice
+from action_queue.domain.people import OutOfOffice, QueueSettings
 from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, Cursor, Sort, UnitOfWork
 from action_queue.handlers.publishing import publish
 from manual_actions.auth import Role
@@ -150,10 +150,12 @@ async def count_actions(uow: UnitOfWork, actor: Actor,
 MAX_BLOCKED_PER_START = 25
 
 
-async def _blocked(uow: UnitOfWork, action: ManualAction, now: datetime) -> tuple[str | None, str | None]:
-    """The reason a check at the moment of work blocks ``action`` (None if none), and the number to use."""
+async def _blocked(uow: UnitOfWork, action: ManualAction, now: datetime,
+                   settings: QueueSettings | None = None) -> tuple[str | None, str | None]:
+    """The reason a check at the moment of work blocks ``action`` (None if none), and the number to use.
+    Quiet hours are the tenant's (``settings`` when the caller has them already)."""
     contact = await uow.contacts.get(action.tenant, action.contact.id)
-    settings = await uow.settings.get(action.tenant)
+    settings = settings or await uow.settings.get(action.tenant)
     return blocked_reason(action, contact, now, settings.quiet_hours), current_phone(action, contact)
 
 
@@ -185,7 +187,7 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
             action = await uow.actions.next_reservable(actor.tenant, user_id, now)
             if action is None:
                 break
-            reason, _ = await _blocked(uow, action, now)
+            reason, _ = await _blocked(uow, action, now, settings)
             if reason is not None:
                 await _skip_blocked(uow, action, reason, now)
                 continue
