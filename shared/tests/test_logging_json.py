@@ -103,3 +103,21 @@ async def test_request_logs_carry_the_request_id(json_logs: io.StringIO) -> None
     assert response.headers["x-request-id"] == "req-42"
     assert work["request_id"] == "req-42" and access["request_id"] == "req-42"
     assert access["route"] == "/work" and access["status"] == 200 and "duration_ms" in access
+
+
+def test_debug_level_does_not_let_aiokafka_print_record_values() -> None:
+    import io
+    import logging
+
+    from manual_actions.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("test-service", "DEBUG", stream=stream)
+    try:
+        logging.getLogger("aiokafka.consumer.fetcher").debug("record value: %s", "+14155550123 Hi Ada")
+        logging.getLogger("manual_actions.test").debug("our own debug line")
+        written = stream.getvalue()
+        assert "+14155550123" not in written
+        assert "our own debug line" in written
+    finally:
+        configure_logging("test-service", "INFO")

@@ -116,5 +116,8 @@ def configure_logging(service_name: str, level: str = "INFO", *, stream: TextIO 
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(logging.NOTSET)
+    # aiokafka's DEBUG lines print whole record values, i.e. contacts' names, numbers and texts:
+    # personal data must not reach the logs even when a service is debugged.
+    logging.getLogger("aiokafka").setLevel(max(logging.INFO, root.level))
     # Python's warnings (deprecations in libraries) become log lines too instead of stderr text.
     logging.captureWarnings(True)
