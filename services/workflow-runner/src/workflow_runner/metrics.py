@@ -35,6 +35,18 @@ FINISHED_EVENTS = Counter(
     ["type", "result"],
 )
 
+# Timers fired by the timer loop: "moved" (the enrollment went on), "stale" (it no longer waited
+# on that timer: the action finished first or the enrollment stopped).
+TIMERS_FIRED = Counter(
+    "workflow_runner_timers_fired_total",
+    "Timers (waits, timeouts) fired by result.",
+    ["result"],
+)
+TIMER_FAILURES = Counter(
+    "workflow_runner_timer_failures_total",
+    "Timer batches that failed and were rolled back (retried after the interval).",
+)
+
 # Publish attempts refused because the draft had problems.
 PUBLISH_REJECTED = Counter(
     "workflow_runner_publish_rejected_total",

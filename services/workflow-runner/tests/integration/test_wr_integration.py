@@ -255,7 +255,7 @@ async def test_publish_reports_every_problem(wr: Harness) -> None:
             "name": "Broken",
             "steps": [
                 {"id": "a", "type": "assign_user", "user_ids": [ghost]},
-                {"id": "w", "type": "wait"},
+                {"id": "w", "type": "sleep"},
                 {"id": "s", "type": "manual_sms", "action_name": "SMS", "message": ""},
                 {"id": "t", "type": "manual_sms", "action_name": "SMS", "message": "{{ __import__('os') }}"},
             ],

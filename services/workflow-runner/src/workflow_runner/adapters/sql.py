@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -48,6 +49,8 @@ from workflow_runner.domain.enrollments import (
     HistoryEntry,
     HistoryEvent,
     ManualAction,
+    Timer,
+    TimerKind,
 )
 from workflow_runner.domain.people import Contact, User, UserRole
 from workflow_runner.domain.workflows import VersionStatus, Workflow, WorkflowVersion
@@ -59,6 +62,7 @@ from workflow_runner.handlers.ports import (
     EnrollmentRepository,
     RoundRobinRepository,
     TeamRepository,
+    TimerRepository,
     UserRepository,
     WorkflowRepository,
 )
@@ -449,7 +453,12 @@ class SqlContactRepository(_Repository):
 
 def _version(row: RowMapping) -> WorkflowVersion:
     return WorkflowVersion.from_specs(
-        row["version"], VersionStatus(row["status"]), row["steps"], row["created_at"], row["published_at"]
+        row["version"],
+        VersionStatus(row["status"]),
+        row["steps"],
+        row["created_at"],
+        row["published_at"],
+        goals=row["goals"] or (),
     )
 
 
@@ -477,6 +486,7 @@ class SqlWorkflowRepository(_Repository):
                 steps=version.step_specs,
                 created_at=version.created_at,
                 published_at=version.published_at,
+                goals=list(version.goals),
             )
         )
 
@@ -538,6 +548,7 @@ class SqlWorkflowRepository(_Repository):
                         status=version.status.value,
                         steps=version.step_specs,
                         published_at=version.published_at,
+                        goals=list(version.goals),
                     )
                 )
 
@@ -584,6 +595,8 @@ class SqlEnrollmentRepository(_Repository):
             "current_step_id": enrollment.current_step_id,
             "waiting_action_id": enrollment.waiting_action_id,
             "updated_at": enrollment.updated_at,
+            "timer_id": enrollment.timer_id,
+            "last_outcome": enrollment.last_outcome,
         }
 
     async def _append_history(self, enrollment: Enrollment) -> None:
@@ -630,6 +643,8 @@ class SqlEnrollmentRepository(_Repository):
             ],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            timer_id=row["timer_id"],
+            last_outcome=row["last_outcome"],
         )
         self._stored_history[(enrollment.tenant, enrollment.id)] = len(enrollment.history)
         return enrollment
@@ -666,6 +681,21 @@ class SqlEnrollmentRepository(_Repository):
             )
         )
         return await self._load(row) if row else None
+
+    async def running_contact_ids(self, tenant: str, contact_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        if not contact_ids:
+            return set()
+        e = t.enrollments.c
+        rows = await self._all(
+            select(e.contact_id)
+            .distinct()
+            .where(
+                e.tenant_id == tenant,
+                e.contact_id.in_(list(contact_ids)),
+                e.status.in_([EnrollmentStatus.ACTIVE.value, EnrollmentStatus.WAITING.value]),
+            )
+        )
+        return {row["contact_id"] for row in rows}
 
     async def list(
         self,
@@ -750,6 +780,76 @@ class SqlActionRepository(_Repository):
         )
 
 
+# --- timers --------------------------------------------------------------------------------------
+
+
+def _timer(row: RowMapping) -> Timer:
+    return Timer(
+        id=row["id"],
+        tenant=row["tenant_id"],
+        enrollment_id=row["enrollment_id"],
+        kind=TimerKind(row["kind"]),
+        step_id=row["step_id"],
+        due_at=row["due_at"],
+        created_at=row["created_at"],
+        action_id=row["action_id"],
+        fired_at=row["fired_at"],
+    )
+
+
+class SqlTimerRepository(_Repository):
+    async def add_many(self, timers: Sequence[Timer]) -> None:
+        if not timers:
+            return
+        await self._conn.execute(
+            t.timers.insert(),
+            [
+                {
+                    "tenant_id": timer.tenant,
+                    "id": timer.id,
+                    "enrollment_id": timer.enrollment_id,
+                    "kind": timer.kind.value,
+                    "step_id": timer.step_id,
+                    "action_id": timer.action_id,
+                    "due_at": timer.due_at,
+                    "created_at": timer.created_at,
+                }
+                for timer in timers
+            ],
+        )
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Timer]:
+        """Due, unfired timers of every tenant, oldest due first, locked FOR UPDATE SKIP LOCKED:
+        concurrent loops (replicas) each get different rows and nobody waits."""
+        c = t.timers.c
+        rows = await self._all(
+            select(t.timers)
+            .where(c.fired_at.is_(None), c.due_at <= now)
+            .order_by(c.due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_timer(row) for row in rows]
+
+    async def mark_fired(self, timers: Sequence[Timer], at: datetime) -> None:
+        c = t.timers.c
+        for tenant in {timer.tenant for timer in timers}:
+            await self._conn.execute(
+                update(t.timers)
+                .where(c.tenant_id == tenant, c.id.in_([x.id for x in timers if x.tenant == tenant]))
+                .values(fired_at=at)
+            )
+
+    async def pending_for(self, tenant: str, enrollment_id: uuid.UUID) -> list[Timer]:
+        c = t.timers.c
+        rows = await self._all(
+            select(t.timers)
+            .where(c.tenant_id == tenant, c.enrollment_id == enrollment_id, c.fired_at.is_(None))
+            .order_by(c.due_at)
+        )
+        return [_timer(row) for row in rows]
+
+
 # --- round robin ---------------------------------------------------------------------------------
 
 
@@ -815,6 +915,7 @@ class SqlUnitOfWork:
         self.enrollments: EnrollmentRepository = SqlEnrollmentRepository(self)
         self.actions: ActionRepository = SqlActionRepository(self)
         self.round_robin: RoundRobinRepository = SqlRoundRobinRepository(self)
+        self.timers: TimerRepository = SqlTimerRepository(self)
 
     @property
     def connection(self) -> AsyncConnection:

@@ -138,6 +138,13 @@ workflow_versions = Table(
     Column("steps", JSONB, nullable=False, comment="Step specs as authored"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
+    Column(
+        "goals",
+        JSONB,
+        nullable=False,
+        server_default=text("'[]'::jsonb"),
+        comment="Goals that stop an enrollment (replied, opted_out, do_not_disturb)",
+    ),
     PrimaryKeyConstraint("tenant_id", "workflow_id", "version", name="pk_workflow_versions"),
     ForeignKeyConstraint(
         ["tenant_id", "workflow_id"],
@@ -181,6 +188,8 @@ enrollments = Table(
     Column("waiting_action_id", Uuid, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("timer_id", Uuid, nullable=True, comment="The timer that may wake it; any other is stale"),
+    Column("last_outcome", Text, nullable=True, comment="Outcome key of its latest manual action"),
     PrimaryKeyConstraint("tenant_id", "id", name="pk_enrollments"),
     ForeignKeyConstraint(
         ["tenant_id", "contact_id"], ["contacts.tenant_id", "contacts.id"], name="fk_enrollments_contact"
@@ -252,8 +261,37 @@ manual_actions = Table(
         name="fk_manual_actions_enrollment",
     ),
     CheckConstraint("action_type IN ('sms', 'call')", name="ck_manual_actions_type"),
-    CheckConstraint("status IN ('queued', 'completed', 'deleted')", name="ck_manual_actions_status"),
+    CheckConstraint(
+        "status IN ('queued', 'completed', 'deleted', 'skipped', 'expired', 'failed')",
+        name="ck_manual_actions_status",
+    ),
     Index("ix_manual_actions_enrollment", "tenant_id", "enrollment_id"),
+)
+
+# Durable wake-ups of enrollments (migration 0004): a Wait step's end or a manual step's timeout.
+# Written in the enrollment's transaction; the timer loop claims due rows FOR UPDATE SKIP LOCKED
+# and sets fired_at in the transaction that moves the enrollment on (decision 0013).
+timers = Table(
+    "timers",
+    metadata,
+    Column("tenant_id", TENANT, nullable=False),
+    Column("id", Uuid, nullable=False),
+    Column("enrollment_id", Uuid, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("step_id", Text, nullable=False),
+    Column("action_id", Uuid, nullable=True, comment="Timeouts: the action the step queued"),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("tenant_id", "id", name="pk_timers"),
+    ForeignKeyConstraint(
+        ["tenant_id", "enrollment_id"],
+        ["enrollments.tenant_id", "enrollments.id"],
+        name="fk_timers_enrollment",
+    ),
+    CheckConstraint("kind IN ('wait', 'timeout')", name="ck_timers_kind"),
+    Index("ix_timers_due", "due_at", postgresql_where=text("fired_at IS NULL")),
+    Index("ix_timers_enrollment", "tenant_id", "enrollment_id"),
 )
 
 # --- bulk enrollment (migration 0005) -------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 class EnrollmentStatus(StrEnum):
     ACTIVE = "active"  # running through automatic steps (only inside one transaction, in practice)
-    WAITING = "waiting"  # a manual action is queued; the enrollment continues when it is finished
+    WAITING = "waiting"  # on a manual action (waiting_action_id) and/or a timer (timer_id)
     COMPLETED = "completed"  # went past the last step
     STOPPED = "stopped"  # ended early (removed from the workflow)
 
@@ -25,6 +25,14 @@ class HistoryEvent(StrEnum):
     ACTION_QUEUED = "action_queued"
     ACTION_COMPLETED = "action_completed"
     ACTION_DELETED = "action_deleted"
+    ACTION_SKIPPED = "action_skipped"
+    ACTION_EXPIRED = "action_expired"
+    ACTION_FAILED = "action_failed"
+    TIMED_OUT = "timed_out"
+    WAIT_STARTED = "wait_started"
+    WAIT_ENDED = "wait_ended"
+    BRANCH_TAKEN = "branch_taken"
+    GOAL_REACHED = "goal_reached"
     COMPLETED = "completed"
     STOPPED = "stopped"
 
@@ -48,6 +56,31 @@ class ActionStatus(StrEnum):
     QUEUED = "queued"
     COMPLETED = "completed"
     DELETED = "deleted"
+    SKIPPED = "skipped"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+class TimerKind(StrEnum):
+    WAIT = "wait"  # a Wait step ends
+    TIMEOUT = "timeout"  # a manual step's timeout
+
+
+@dataclass
+class Timer:
+    """A durable wake-up of an enrollment (a row of ``timers``). It only acts while the enrollment's
+    ``timer_id`` still names it; any other firing (the action finished first, the enrollment
+    stopped) is stale and changes nothing."""
+
+    id: uuid.UUID
+    tenant: str
+    enrollment_id: uuid.UUID
+    kind: TimerKind
+    step_id: str
+    due_at: datetime
+    created_at: datetime
+    action_id: uuid.UUID | None = None
+    fired_at: datetime | None = None
 
 
 @dataclass
@@ -77,12 +110,19 @@ class ManualAction:
     created_at: datetime
     finished_at: datetime | None = None
     outcome: str | None = None
+    # Published with ActionQueued only (action-queue keeps them); not stored in our table.
+    priority: int = 0
+    due_at: datetime | None = None
+    expires_at: datetime | None = None
+    message_template: str | None = None
 
 
 @dataclass
 class Enrollment:
     """A contact's pass through a pinned workflow version. ``waiting_action_id`` is the manual
-    action it waits for while ``status`` is waiting. ``history`` is append-only."""
+    action it waits for while ``status`` is waiting, ``timer_id`` the timer that may wake it (a
+    Wait step's end or a manual step's timeout). ``last_outcome`` is the outcome key of its latest
+    manual action, what a Branch step routes on. ``history`` is append-only."""
 
     id: uuid.UUID
     tenant: str
@@ -95,6 +135,8 @@ class Enrollment:
     history: list[HistoryEntry]
     created_at: datetime
     updated_at: datetime
+    timer_id: uuid.UUID | None = None
+    last_outcome: str | None = None
 
     @classmethod
     def start(

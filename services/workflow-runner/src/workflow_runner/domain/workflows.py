@@ -14,12 +14,45 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
-from workflow_runner.domain.errors import DomainError, InvalidField, WorkflowInvalid
+from workflow_runner.domain.errors import DomainError, InvalidField, Problem, WorkflowInvalid
+from workflow_runner.domain.graph import StepGraph
 from workflow_runner.domain.steps import Step, StepSpec, parse_steps
 
 MAX_WORKFLOW_NAME = 200
+
+
+class Goal(StrEnum):
+    """Something the contact does that ends the enrollment (decision 0013): ``replied`` (an SMS
+    from the contact's number), ``opted_out`` (SMS or call opt-out, by keyword or through the
+    directory), ``do_not_disturb`` (a person paused a channel for the contact)."""
+
+    REPLIED = "replied"
+    OPTED_OUT = "opted_out"
+    DO_NOT_DISTURB = "do_not_disturb"
+
+
+MAX_GOALS = 10
+
+
+def clean_goals(raw: object) -> tuple[str, ...]:
+    """A draft's goals as given (a list of strings; checked against ``Goal`` on publish)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list | tuple) or not all(isinstance(g, str) for g in raw) or len(raw) > MAX_GOALS:
+        raise InvalidField("goals", f"must be a list of at most {MAX_GOALS} goal names")
+    return tuple(dict.fromkeys(raw))
+
+
+def goal_problems(goals: Sequence[str]) -> list[Problem]:
+    known = ", ".join(g.value for g in Goal)
+    return [
+        Problem(f"goals[{i}]", f"unknown goal {g[:40]!r} (expected {known})")
+        for i, g in enumerate(goals)
+        if g not in {x.value for x in Goal}
+    ]
 
 
 class VersionStatus(StrEnum):
@@ -37,6 +70,7 @@ class WorkflowVersion:
     _specs_json: str
     created_at: datetime
     published_at: datetime | None = None
+    goals: tuple[str, ...] = ()
 
     @classmethod
     def from_specs(
@@ -46,12 +80,13 @@ class WorkflowVersion:
         specs: Sequence[StepSpec],
         created_at: datetime,
         published_at: datetime | None = None,
+        goals: Sequence[str] = (),
     ) -> WorkflowVersion:
         try:
             specs_json = json.dumps([dict(s) if isinstance(s, dict) else s for s in specs], sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise InvalidField("steps", f"must be JSON: {exc}") from exc
-        return cls(number, status, specs_json, created_at, published_at)
+        return cls(number, status, specs_json, created_at, published_at, tuple(goals))
 
     @property
     def step_specs(self) -> list[dict[str, Any]]:
@@ -63,12 +98,20 @@ class WorkflowVersion:
 
     def steps(self) -> tuple[Step, ...]:
         """Typed steps of a published version (validated when it was published)."""
+        return self.graph().steps
+
+    def graph(self) -> StepGraph:
+        """The step graph of a published version, parsed once per version object."""
+        return self._graph
+
+    @cached_property
+    def _graph(self) -> StepGraph:
         if not self.is_published:
             raise DomainError(f"version {self.number} is a draft; only published versions run")
         steps, problems = parse_steps(self.step_specs)
         if problems:  # cannot happen for a version that passed publish; guard against bad data
             raise DomainError(f"published version {self.number} is invalid: {problems[0].message}")
-        return steps
+        return StepGraph(steps)
 
 
 def _clean_workflow_name(name: str) -> str:
@@ -100,10 +143,12 @@ class Workflow:
         steps: Sequence[StepSpec],
         now: datetime,
         workflow_id: uuid.UUID | None = None,
+        goals: Sequence[str] = (),
     ) -> Workflow:
-        """A new workflow whose version 1 is a draft holding ``steps`` as given (validated on publish)."""
+        """A new workflow whose version 1 is a draft holding ``steps`` and ``goals`` as given
+        (validated on publish)."""
         cleaned = _clean_workflow_name(name)
-        draft = WorkflowVersion.from_specs(1, VersionStatus.DRAFT, steps, now)
+        draft = WorkflowVersion.from_specs(1, VersionStatus.DRAFT, steps, now, goals=clean_goals(list(goals)))
         return cls(
             id=workflow_id or uuid.uuid4(),
             tenant=tenant,
@@ -133,14 +178,22 @@ class Workflow:
     def version(self, number: int) -> WorkflowVersion | None:
         return next((v for v in self.versions if v.number == number), None)
 
-    def save_draft(self, steps: Sequence[StepSpec], now: datetime) -> WorkflowVersion:
-        """Replace the draft's steps, or start draft N+1 when the newest version is published."""
+    def save_draft(
+        self, steps: Sequence[StepSpec], now: datetime, goals: Sequence[str] | None = None
+    ) -> WorkflowVersion:
+        """Replace the draft's steps, or start draft N+1 when the newest version is published.
+        ``goals`` None keeps the newest version's goals."""
+        kept = self.latest.goals if goals is None else clean_goals(list(goals))
         if self.draft is not None:
             latest = self.latest
-            new = WorkflowVersion.from_specs(latest.number, VersionStatus.DRAFT, steps, latest.created_at)
+            new = WorkflowVersion.from_specs(
+                latest.number, VersionStatus.DRAFT, steps, latest.created_at, goals=kept
+            )
             self.versions[-1] = new
         else:
-            new = WorkflowVersion.from_specs(self.latest.number + 1, VersionStatus.DRAFT, steps, now)
+            new = WorkflowVersion.from_specs(
+                self.latest.number + 1, VersionStatus.DRAFT, steps, now, goals=kept
+            )
             self.versions.append(new)
         self.updated_at = now
         return new
@@ -155,6 +208,7 @@ class Workflow:
         if draft is None:
             return self.latest
         _, problems = parse_steps(draft.step_specs, known_user_ids)
+        problems.extend(goal_problems(draft.goals))
         if problems:
             raise WorkflowInvalid(self.id, problems)
         published = replace(draft, status=VersionStatus.PUBLISHED, published_at=now)

@@ -412,7 +412,9 @@ workflows = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 @workflows.post("", status_code=status.HTTP_201_CREATED, response_model=WorkflowView)
 async def create_workflow(body: WorkflowCreate, principal: Admin, uow: Uow) -> WorkflowView:
     """Create a workflow whose version 1 is a draft. Steps are checked when it is published."""
-    workflow = await handlers.create_workflow(uow, CreateWorkflow(principal.tenant, body.name, body.steps))
+    workflow = await handlers.create_workflow(
+        uow, CreateWorkflow(principal.tenant, body.name, body.steps, goals=body.goals)
+    )
     return WorkflowView.of(workflow)
 
 
@@ -437,7 +439,7 @@ async def update_workflow(
 ) -> WorkflowView:
     """Replace the draft (a published version never changes: editing one starts version N+1)."""
     workflow = await handlers.save_draft(
-        uow, SaveDraft(principal.tenant, workflow_id, body.steps, name=body.name)
+        uow, SaveDraft(principal.tenant, workflow_id, body.steps, name=body.name, goals=body.goals)
     )
     return WorkflowView.of(workflow)
 

@@ -24,6 +24,7 @@ from workflow_runner.entrypoints import bulk
 from workflow_runner.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from workflow_runner.entrypoints.http import build_app
 from workflow_runner.entrypoints.import_pool import PooledValidator
+from workflow_runner.entrypoints.timers import TimerLoop
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
@@ -36,6 +37,9 @@ class Settings(ServiceSettings):
         default=GROUP_ID,
         min_length=1,
         description="Kafka consumer group; replicas of one deployment share it.",
+    )
+    timer_interval_ms: int = Field(
+        default=500, ge=10, description="How often the timer loop looks for due waits and timeouts."
     )
 
 
@@ -65,6 +69,7 @@ async def build_service(settings: Settings) -> Service:
     )
     validator = PooledValidator()
     app = build_app(uow, identity, engine, validate_import=validator)
+    timer_loop = TimerLoop(uow, interval=settings.timer_interval_ms / 1000)
     app.state.bulk_uow = SqlBulkUnitOfWorkFactory(engine)
     app.include_router(bulk.router)
     bulk_loop = bulk.BulkEnrollmentLoop(app.state.bulk_uow)
@@ -72,9 +77,10 @@ async def build_service(settings: Settings) -> Service:
         app=app,
         engine=engine,
         uow=uow,
-        background=[core.relay.run, consumer.run, bulk_loop.run],
+        background=[core.relay.run, consumer.run, timer_loop.run, bulk_loop.run],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[
+            timer_loop.stop,
             bulk_loop.stop,
             consumer.stop,
             *core.shutdown_steps(),

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 from workflow_runner.domain.directory import Team
@@ -350,15 +350,165 @@ class ImportView(BaseModel):
     errors_truncated: bool
 
 
+# --- step shapes (documentation of ``steps``; the domain parser is the one that checks them) ---
+
+StepTarget = Annotated[
+    str,
+    Field(description="A step id of this workflow, or `end` (the enrollment completes).", examples=["call1"]),
+]
+Duration = Annotated[
+    str,
+    Field(
+        description="ISO 8601 duration of weeks, days, hours, minutes, seconds (no months or years; "
+        "1 second to 366 days).",
+        examples=["PT30M", "PT2H", "P1D", "P1DT12H", "P2W"],
+    ),
+]
+
+
+class _StepDoc(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Unique within the workflow; not `end`.")
+
+
+class _Next(BaseModel):
+    next: StepTarget | None = Field(
+        default=None, description="Successor; default: the next step of the list (`end` after the last)."
+    )
+
+
+class TimeoutDoc(BaseModel):
+    """If the step's action is not finished in time, the enrollment continues at `then` with outcome
+    `timed_out`; `cancel` removes the action from the queue (CancelAction), `keep` leaves it there
+    but the enrollment no longer waits on it."""
+
+    after: Duration
+    then: StepTarget
+    action: Literal["cancel", "keep"] = "keep"
+
+
+class _ManualOptions(_Next):
+    priority: int = Field(default=0, ge=0, le=100, description="Higher is worked first in the queue.")
+    due_in: Duration | None = Field(
+        default=None, description="The action is due this long after it is queued."
+    )
+    expires_in: Duration | None = Field(
+        default=None, description="The action expires (outcome `expired`) if nobody worked it by then."
+    )
+    timeout: TimeoutDoc | None = None
+
+
+class AssignUserStep(_StepDoc, _Next):
+    """Make one of `user_ids` the contact's owner (smooth weighted round robin)."""
+
+    type: Literal["assign_user"]
+    user_ids: list[uuid.UUID] = Field(min_length=1, max_length=100)
+    weights: list[int] | None = Field(default=None, description="One weight (1-1000) per user.")
+    only_unassigned: bool = False
+    respect_working_hours: bool = False
+    fallback_user_id: uuid.UUID | None = None
+
+
+class ManualSmsStep(_StepDoc, _ManualOptions):
+    """Queue an SMS for the contact's owner to review and send (merge fields allowed)."""
+
+    type: Literal["manual_sms"]
+    action_name: str = Field(max_length=200)
+    message: str = Field(max_length=1600, examples=["Hi {{contact.first_name}}, this is {{user.name}}."])
+
+
+class ManualCallStep(_StepDoc, _ManualOptions):
+    """Queue a call for the contact's owner; `notes` guide the caller (merge fields allowed)."""
+
+    type: Literal["manual_call"]
+    action_name: str = Field(max_length=200)
+    notes: str | None = Field(default=None, max_length=2000)
+
+
+class TimeWindowDoc(BaseModel):
+    """Weekdays and a local time range, read in the contact's time zone (UTC when it has none)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
+        default=None, description="Default: every day."
+    )
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["09:00"])
+    end: str = Field(description="Exclusive; `24:00` is midnight.", examples=["17:00"])
+
+
+class WaitStep(_StepDoc, _Next):
+    """Pause: first `duration` (if given), then until `until`'s window is open (if given)."""
+
+    type: Literal["wait"]
+    duration: Duration | None = None
+    until: TimeWindowDoc | None = None
+
+
+class BranchStep(_StepDoc, _Next):
+    """Route on the outcome of the latest manual action: keys `sms_sent`, `connected`, `no_answer`,
+    `voicemail`, `busy`, `skipped`, `expired`, `deleted`, `failed`, `timed_out`, any custom call
+    outcome slug, and `default`. An outcome without a route (and no `default`) goes to `next`."""
+
+    type: Literal["branch"]
+    on: dict[str, StepTarget] = Field(
+        examples=[{"connected": "end", "no_answer": "sms2", "timed_out": "sms2", "default": "call2"}]
+    )
+
+
+class StopStep(_StepDoc):
+    """End the enrollment (status stopped) and cancel nothing else: it has no action waiting."""
+
+    type: Literal["stop"]
+    reason: str | None = Field(default=None, max_length=200)
+
+
+StepDoc = Annotated[
+    AssignUserStep | ManualSmsStep | ManualCallStep | WaitStep | BranchStep | StopStep,
+    Field(discriminator="type"),
+]
+
+
+def _inline_refs(schema: Any, defs: dict[str, Any]) -> Any:
+    """The schema with local ``$ref``s replaced by their definitions (for a field's own schema)."""
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline_refs(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline_refs(v, defs) for v in schema]
+    return schema
+
+
+def _step_items_schema() -> dict[str, Any]:
+    generated = TypeAdapter(StepDoc).json_schema()
+    inlined: dict[str, Any] = _inline_refs(generated, generated.get("$defs", {}))
+    inlined.pop("discriminator", None)  # its mapping points at $defs that are inlined now
+    return inlined
+
+
+GOALS_DESCRIPTION = (
+    "What ends an enrollment early (its awaited action is cancelled): `replied` (the contact sent an "
+    "SMS), `opted_out` (SMS or call opt-out, by keyword or in the directory), `do_not_disturb`."
+)
+Goals = Annotated[
+    list[str],
+    Field(max_length=10, description=GOALS_DESCRIPTION, examples=[["replied", "opted_out"]]),
+]
+
+
 Steps = Annotated[
     list[dict[str, Any]],
-    Field(max_length=MAX_STEPS, description="Step objects with 'id' and 'type'; fully checked on publish."),
+    Field(
+        max_length=MAX_STEPS,
+        description="Step objects with 'id' and 'type' (shapes below); a draft may hold mistakes, "
+        "publishing checks the whole graph and reports every problem.",
+        json_schema_extra={"items": _step_items_schema()},
+    ),
 ]
 
 
 class WorkflowCreate(_Request):
     name: Name
     steps: Steps
+    goals: Goals = Field(default_factory=list)
 
 
 class WorkflowUpdate(_Request):
@@ -366,12 +516,16 @@ class WorkflowUpdate(_Request):
 
     name: Name | None = None
     steps: Steps
+    goals: Goals | None = Field(
+        default=None, description="None keeps the current goals. " + GOALS_DESCRIPTION
+    )
 
 
 class VersionView(BaseModel):
     version: int
     status: str
     steps: list[dict[str, Any]]
+    goals: list[str] = Field(default_factory=list, description=GOALS_DESCRIPTION)
     created_at: datetime
     published_at: datetime | None
 
@@ -381,6 +535,7 @@ class VersionView(BaseModel):
             version=version.number,
             status=version.status.value,
             steps=version.step_specs,
+            goals=list(version.goals),
             created_at=version.created_at,
             published_at=version.published_at,
         )
@@ -393,6 +548,7 @@ class WorkflowView(BaseModel):
     version: int = Field(description="Newest version number.")
     published_version: int | None = Field(description="The version new enrollments enter, if any.")
     steps: list[dict[str, Any]] = Field(description="Steps of the newest version.")
+    goals: list[str] = Field(default_factory=list, description="Goals of the newest version.")
     versions: list[VersionView]
     created_at: datetime | None
     updated_at: datetime | None
@@ -408,6 +564,7 @@ class WorkflowView(BaseModel):
             version=latest.number,
             published_version=published.number if published else None,
             steps=latest.step_specs,
+            goals=list(latest.goals),
             versions=[VersionView.of(v) for v in workflow.versions],
             created_at=workflow.created_at,
             updated_at=workflow.updated_at,
@@ -426,8 +583,12 @@ class EnrollmentCreate(_Request):
 class HistoryView(BaseModel):
     step_id: str | None
     at: datetime
-    event: str
-    detail: dict[str, Any]
+    event: str = Field(
+        description="enrolled, user_assigned, assignment_skipped, assignment_failed, action_queued, "
+        "action_completed, action_deleted, action_skipped, action_expired, action_failed, timed_out, "
+        "wait_started, wait_ended, branch_taken, goal_reached, completed, stopped."
+    )
+    detail: dict[str, Any] = Field(description="Why: ids, outcome, branch taken, wait end, reason.")
 
 
 class EnrollmentView(BaseModel):
@@ -438,6 +599,9 @@ class EnrollmentView(BaseModel):
     status: Literal["active", "waiting", "completed", "stopped"]
     current_step_id: str | None
     waiting_action_id: uuid.UUID | None
+    last_outcome: str | None = Field(
+        default=None, description="Outcome key of the latest manual action (what a branch routes on)."
+    )
     history: list[HistoryView]
     created_at: datetime
     updated_at: datetime
@@ -452,6 +616,7 @@ class EnrollmentView(BaseModel):
             status=enrollment.status.value,
             current_step_id=enrollment.current_step_id,
             waiting_action_id=enrollment.waiting_action_id,
+            last_outcome=enrollment.last_outcome,
             history=[
                 HistoryView(step_id=h.step_id, at=h.at, event=h.event.value, detail=h.detail)
                 for h in enrollment.history

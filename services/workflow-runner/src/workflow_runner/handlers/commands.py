@@ -49,6 +49,7 @@ class CreateWorkflow:
     tenant: str
     name: str
     steps: Sequence[Mapping[str, Any]]
+    goals: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class SaveDraft:
     workflow_id: uuid.UUID
     steps: Sequence[Mapping[str, Any]]
     name: str | None = None
+    goals: Sequence[str] | None = None  # None: keep the current goals
 
 
 @dataclass(frozen=True)
@@ -74,13 +76,28 @@ class Enroll:
 
 @dataclass(frozen=True)
 class ActionFinished:
-    """An ActionCompleted or ActionDeleted event from action-queue, reduced to what we need."""
+    """An event from action-queue saying an action left the queue (ActionCompleted, ActionDeleted,
+    ActionSkipped, ActionExpired, ActionFailed), reduced to what we need. Only completed and
+    deleted carry the enrollment and step; the others are found by action id."""
 
     message_id: uuid.UUID
     tenant: str
     kind: FinishKind
     action_id: uuid.UUID
-    enrollment_id: uuid.UUID
-    step_id: str
+    enrollment_id: uuid.UUID | None
+    step_id: str | None
     at: datetime
     outcome: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplyReceived:
+    """An SmsReceived event: a contact's SMS (or opt-out/opt-in keyword) to the tenant's number."""
+
+    message_id: uuid.UUID
+    tenant: str
+    from_phone: str
+    keyword: str | None
+    body: str
+    at: datetime

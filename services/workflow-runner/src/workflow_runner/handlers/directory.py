@@ -30,6 +30,7 @@ from workflow_runner.domain.directory import ChannelFlags, Team
 from workflow_runner.domain.errors import Conflict, InvalidField, NotFound
 from workflow_runner.domain.imports import ParsedImport, RowError, reject_unknown_owners, validate_rows
 from workflow_runner.domain.people import Contact, User
+from workflow_runner.handlers import goals as goal_rules
 from workflow_runner.handlers.commands import CreateContact, CreateUser
 from workflow_runner.handlers.ports import ContactFilter, Cursor, UnitOfWork
 
@@ -380,6 +381,17 @@ async def update_contact(
             )
         await uow.contacts.update(changed)
         await uow.publish(topics.CONTACTS, contact_updated(changed))
+        # A newly set opt-out or do-not-disturb reaches that goal of the contact's enrollments.
+        reached = goal_rules.goals_reached(contact, changed)
+        if reached:
+            await goal_rules.stop_for_goals(
+                uow,
+                tenant,
+                contact.id,
+                sorted(reached),
+                changed.updated_at or clock(),
+                reason="the contact was opted out or paused in the directory",
+            )
         await uow.commit()
     return changed
 
@@ -439,6 +451,8 @@ async def import_contacts(
         stored = await uow.contacts.upsert_many([c for _, c in parsed.contacts], parsed.fields_present)
         upserted = time.perf_counter()
         await uow.publish_documents(topics.CONTACTS, contact_updated_documents(stored))
+        # Updated contacts now opted out or paused reach those goals of their running enrollments.
+        await goal_rules.stop_for_imported(uow, tenant, stored, now)
         await uow.commit()
     log.info(
         "contacts imported",

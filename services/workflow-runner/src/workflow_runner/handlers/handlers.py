@@ -50,6 +50,7 @@ from workflow_runner.handlers.directory import (  # noqa: F401  (the directory's
     update_user,
     user_updated,
 )
+from workflow_runner.handlers.goals import apply_effects
 from workflow_runner.handlers.ports import UnitOfWork
 
 SOURCE = "workflow-runner"
@@ -72,7 +73,9 @@ def utcnow() -> datetime:
 async def create_workflow(uow: UnitOfWork, cmd: CreateWorkflow, *, clock: Clock = utcnow) -> Workflow:
     """A workflow whose version 1 is a draft; steps are checked when it is published."""
     async with uow:
-        workflow = Workflow.create(tenant=cmd.tenant, name=cmd.name, steps=cmd.steps, now=clock())
+        workflow = Workflow.create(
+            tenant=cmd.tenant, name=cmd.name, steps=cmd.steps, now=clock(), goals=cmd.goals
+        )
         await uow.workflows.add(workflow)
         await uow.commit()
     return workflow
@@ -101,7 +104,7 @@ async def save_draft(uow: UnitOfWork, cmd: SaveDraft, *, clock: Clock = utcnow) 
             raise NotFound("workflow", cmd.workflow_id)
         if cmd.name is not None:
             workflow.rename(cmd.name, clock())
-        workflow.save_draft(cmd.steps, clock())
+        workflow.save_draft(cmd.steps, clock(), goals=cmd.goals)
         await uow.workflows.save(workflow)
         await uow.commit()
     return workflow
@@ -205,11 +208,13 @@ async def actions_finished(
     clock: Clock = utcnow,
     new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> int:
-    """Continue the enrollments whose awaited actions finished, all in one transaction.
+    """Continue the enrollments whose awaited actions finished (completed, deleted, skipped,
+    expired, failed), all in one transaction.
 
-    Idempotent: an event id already in the inbox is skipped, and an event for an action the
-    enrollment no longer waits on (duplicate, out of date, unknown) changes nothing. Returns how
-    many enrollments moved.
+    The action is looked up by id in our own ``manual_actions`` (skipped/expired/failed events
+    carry no enrollment id). Idempotent: an event id already in the inbox is skipped, and an event
+    for an action the enrollment no longer waits on (duplicate, after its timeout fired, unknown)
+    only notes the action's end on our record. Returns how many enrollments moved.
     """
     outcomes: list[tuple[ActionFinished, str, runner.RunResult | None]] = []
     async with uow:
@@ -240,9 +245,20 @@ async def _action_finished(
     if not await uow.first_time_seen(INBOX_CONSUMER, event.message_id):
         log.info("duplicate event ignored", extra={"message_id": str(event.message_id)})
         return REDELIVERED, None
-    enrollment = await uow.enrollments.get(event.tenant, event.enrollment_id, for_update=True)
+    # Lock order everywhere: enrollment, then action (the timer loop locks timer rows first, but
+    # only ever waits for enrollments, never the other way round).
+    found = await uow.actions.get(event.tenant, event.action_id)
+    enrollment_id = found.enrollment_id if found is not None else event.enrollment_id
+    enrollment = (
+        await uow.enrollments.get(event.tenant, enrollment_id, for_update=True) if enrollment_id else None
+    )
     action = await uow.actions.get(event.tenant, event.action_id, for_update=True)
-    if enrollment is None or action is None or action.enrollment_id != enrollment.id:
+    if (
+        enrollment is None
+        or action is None
+        or action.enrollment_id != enrollment.id
+        or (event.enrollment_id is not None and event.enrollment_id != enrollment.id)
+    ):
         log.warning(
             "finished action ignored: unknown enrollment or action",
             extra={
@@ -253,6 +269,8 @@ async def _action_finished(
         )
         return UNKNOWN, None
     if not runner.is_waiting_for(enrollment, action.id):
+        if runner.record_finish(action, runner.FinishKind(event.kind), event.at, event.outcome):
+            await uow.actions.save(action)
         log.info(
             "finished action ignored: enrollment is not waiting on it",
             extra={
@@ -272,7 +290,7 @@ async def _action_finished(
         raise RuntimeError(f"enrollment {enrollment.id} refers to missing rows")  # rows are never deleted
     ctx = await _run_context(uow, workflow, version, contact, now, new_id)
     result = runner.finish_action(
-        enrollment, action, runner.FinishKind(event.kind), ctx, outcome=event.outcome
+        enrollment, action, runner.FinishKind(event.kind), ctx, outcome=event.outcome, reason=event.reason
     )
     await uow.actions.save(action)
     await uow.enrollments.save(enrollment)
@@ -326,6 +344,7 @@ async def _apply(
     if action is not None:
         await uow.actions.add(action)
         await uow.publish(ACTION_LIFECYCLE, action_queued(action, causation_id=causation_id))
+    await apply_effects(uow, result, ctx.now, causation_id=causation_id)
 
 
 def action_queued(action: ManualAction, *, causation_id: uuid.UUID | None = None) -> Envelope[ActionQueued]:
@@ -344,7 +363,12 @@ def action_queued(action: ManualAction, *, causation_id: uuid.UUID | None = None
         ),
         assignee_user_id=action.assignee_user_id,
         message=action.message,
+        message_template=action.message_template,
+        notes=action.notes,
+        priority=action.priority,
         queued_at=action.created_at,
+        due_at=action.due_at,
+        expires_at=action.expires_at,
     )
     return Envelope.wrap(
         payload,

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self
 
 from manual_actions.contracts import Envelope
 from workflow_runner.domain.directory import Team
-from workflow_runner.domain.enrollments import Enrollment, ManualAction
+from workflow_runner.domain.enrollments import Enrollment, ManualAction, Timer
 from workflow_runner.domain.people import Contact, User
 from workflow_runner.domain.workflows import Workflow
 
@@ -141,6 +141,10 @@ class EnrollmentRepository(Protocol):
         """The contact's active or waiting enrollment in this workflow, if any."""
         ...
 
+    async def running_contact_ids(self, tenant: str, contact_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``contact_ids`` that have an active or waiting enrollment (one query)."""
+        ...
+
     async def list(
         self,
         tenant: str,
@@ -179,6 +183,23 @@ class RoundRobinRepository(Protocol):
     ) -> None: ...
 
 
+class TimerRepository(Protocol):
+    """Durable timers of enrollments (Wait ends, manual step timeouts)."""
+
+    async def add_many(self, timers: Sequence[Timer]) -> None: ...
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Timer]:
+        """Unfired timers due at ``now`` of every tenant, oldest first, locked until commit;
+        rows another transaction holds are skipped (SKIP LOCKED)."""
+        ...
+
+    async def mark_fired(self, timers: Sequence[Timer], at: datetime) -> None: ...
+
+    async def pending_for(self, tenant: str, enrollment_id: uuid.UUID) -> list[Timer]:
+        """Unfired timers of one enrollment (for tests and support)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. Leaving the ``async with`` block without ``commit()`` rolls back."""
 
@@ -189,6 +210,7 @@ class UnitOfWork(Protocol):
     enrollments: EnrollmentRepository
     actions: ActionRepository
     round_robin: RoundRobinRepository
+    timers: TimerRepository
 
     async def __aenter__(self) -> Self: ...
 
