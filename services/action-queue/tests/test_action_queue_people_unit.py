@@ -141,15 +141,15 @@ def test_settings_rules() -> None:
 async def test_proposal_renders_current_contact_data_and_falls_back_to_the_queued_text() -> None:
     uow = FakeUnitOfWork()
     contact_id = uuid.uuid4()
-    action_id = await queue_action(uow, contact_id=contact_id, message="Hi Ada",
-                                   message_template="Hi {{contact.first_name}} {{contact.custom.x}}")
+    template = "Hi {{contact.first_name}} {{contact.custom.x}}{{contact.custom.n}}"
+    action_id = await queue_action(uow, contact_id=contact_id, message="Hi Ada", message_template=template)
     agent = Actor(TENANT, A1, supervisor=False)
     assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Ada"
-    uow.contact_states[(TENANT, contact_id)] = ContactState(phone="+14155550100", timezone=None, version=1,
-                                                            name="Grace Hopper", custom_fields={"x": "{{y}}"})
-    assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Grace {{y}}"
+    uow.contact_states[(TENANT, contact_id)] = ContactState(
+        phone="+14155550100", timezone=None, version=1, name="Grace Hopper", custom_fields={"x": "{{y}}", "n": 3})
+    assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Grace {{y}}3"
     sent = await queue.send_sms(uow, agent, action_id, body=None, now=datetime.now(UTC))
-    assert sent.message == "Hi Grace {{y}}"
+    assert sent.message == "Hi Grace {{y}}3"
 
 
 async def test_an_absence_that_starts_later_is_acted_on_when_it_starts() -> None:

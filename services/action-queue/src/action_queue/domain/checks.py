@@ -38,7 +38,7 @@ class ContactState:
     # ContactUpdated v2, for rendering SMS templates with current data (None: never heard).
     name: str | None = None
     email: str | None = None
-    custom_fields: dict[str, str] = field(default_factory=dict)
+    custom_fields: dict[str, str | bool | int | float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
