@@ -146,7 +146,8 @@ async def test_proposal_renders_current_contact_data_and_falls_back_to_the_queue
     agent = Actor(TENANT, A1, supervisor=False)
     assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Ada"
     uow.contact_states[(TENANT, contact_id)] = ContactState(
-        phone="+14155550100", timezone=None, version=1, name="Grace Hopper", custom_fields={"x": "{{y}}", "n": 3})
+        phone="+14155550100", timezone=None, version=1, name="Grace Hopper",
+        custom_fields={"x": "{{y}}", "n": 3})
     assert (await queue.get_action(uow, agent, action_id)).proposed_message == "Hi Grace {{y}}3"
     sent = await queue.send_sms(uow, agent, action_id, body=None, now=datetime.now(UTC))
     assert sent.message == "Hi Grace {{y}}3"
