@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from manual_actions.auth import (
@@ -279,3 +279,32 @@ async def test_unreachable_identity_database_is_503_not_500() -> None:
 def test_require_roles_needs_a_role() -> None:
     with pytest.raises(ValueError):
         require_roles()
+
+
+async def test_tenant_exists_remembers_found_tenants_never_misses(engine: AsyncEngine) -> None:
+    clock = FakeClock()
+    webhook_process = IdentityStore(engine, tenant_cache_ttl=60.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    tenant_id = new_tenant_id()
+
+    assert not await webhook_process.tenant_exists(tenant_id)
+    await admin_process.create_tenant(tenant_id, "Created after a miss")
+    assert await webhook_process.tenant_exists(tenant_id)  # a miss is not remembered: found at once
+    assert not await webhook_process.tenant_exists("not a tenant id!")  # malformed: no query needed
+
+    # Found tenants are remembered for the TTL: the engine is not asked again meanwhile.
+    queries: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        queries.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", listener)
+    try:
+        clock.now += 59.0
+        assert await webhook_process.tenant_exists(tenant_id)
+        assert queries == []
+        clock.now += 2.0
+        assert await webhook_process.tenant_exists(tenant_id)
+        assert len(queries) == 1 and "tenants" in queries[0]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", listener)

@@ -9,7 +9,7 @@ import pytest
 from twilio_harness import Harness, running, settings_for
 
 from manual_actions.contracts import topics
-from sms_sender.entrypoints.main import SPEC, build_sms_sender
+from sms_sender.entrypoints.main import SPEC
 from sms_sender.settings import SmsSenderSettings
 
 
@@ -18,5 +18,5 @@ async def sms(stack: Any) -> AsyncIterator[Harness]:
     settings = settings_for(SmsSenderSettings, stack, "sms_sender_it").model_copy(
         update={"reconcile_delay_seconds": 0.5, "reconcile_poll_interval_seconds": 0.2}
     )
-    async with running(SPEC, settings, stack, topics.SMS_RESULTS, build_sms_sender) as harness:
+    async with running(SPEC, settings, stack, topics.SMS_RESULTS) as harness:
         yield harness

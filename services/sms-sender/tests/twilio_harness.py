@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -148,19 +148,12 @@ def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
 
 @contextlib.asynccontextmanager
 async def running(
-    spec: TwilioServiceSpec,
-    settings: S,
-    stack: Any,
-    results_topic: str,
-    build: Callable[[S], Awaitable[TwilioService]] | None = None,
+    spec: TwilioServiceSpec[S], settings: S, stack: Any, results_topic: str
 ) -> AsyncIterator[Harness]:
-    """The service of ``spec`` built and served until the block ends (``settings`` from ``settings_for``).
-
-    ``build`` is the service's own builder when it adds to the shared wiring (sms-sender's
-    reconciliation loop); default ``build_twilio_service(settings, spec)``.
-    """
+    """The service of ``spec`` built by the shared wiring (``build_twilio_service``, as its process
+    does) and served until the block ends (``settings`` from ``settings_for``)."""
     await position_group_at_end(stack.kafka_bootstrap, settings.consumer_group_id, spec.commands_topic)
-    service = await build(settings) if build is not None else await build_twilio_service(settings, spec)
+    service = await build_twilio_service(settings, spec)
     harness = await _start(service, settings, stack, results_topic)
     try:
         yield harness

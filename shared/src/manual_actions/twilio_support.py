@@ -7,6 +7,8 @@
 * ``command_intake``: the consumer handler that stores each command as a row, once.
 * ``Dispatcher``: the worker loop that makes the one Twilio "create" request per stored row.
 * ``stage_result``: stages a result event for a row with the next per-command sequence number.
+* ``build_twilio_service`` / ``twilio_main``: the one wiring of a Twilio-facing service from its
+  ``TwilioServiceSpec`` (migrations, commands topic, table, target, intake, routes, own loops).
 
 The durable-intent rule (docs/decisions/0009): a row is marked ``sending`` and committed before its
 Twilio request starts, and a row found ``sending`` by anyone but the worker that claimed it is
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 import requests
@@ -71,7 +73,9 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
+from manual_actions.auth import IdentityStore
 from manual_actions.contracts import Envelope, Payload
+from manual_actions.db import create_engine
 from manual_actions.faults import crash_point
 from manual_actions.http import create_app, problem
 from manual_actions.kafka import (
@@ -944,19 +948,41 @@ class Dispatcher:
 
 # --- assembling a Twilio-facing service -----------------------------------------------------------
 
+S = TypeVar("S", bound=TwilioSettings)
+
+
+class ServiceLoop(Protocol):
+    """A background loop a service adds to the wiring: ``run`` until ``stop`` (or cancellation)."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _no_loops(settings: Any, engine: AsyncEngine, client: Client) -> Sequence[ServiceLoop]:
+    return ()
+
 
 @dataclass(frozen=True)
-class TwilioServiceSpec:
-    """What differs between the Twilio-facing services; ``build_twilio_service`` wires the rest."""
+class TwilioServiceSpec(Generic[S]):
+    """What differs between the Twilio-facing services; ``build_twilio_service`` wires the rest.
+
+    ``S`` is the service's settings class: the factories below receive the settings the service
+    was started with.
+    """
 
     migrations_dir: Path
     commands_topic: str
     table: Table
-    target: Callable[[TwilioSettings], DispatchTarget]
+    target: Callable[[S], DispatchTarget]
     intake: Callable[[AsyncEngine, Callable[[], None]], BatchHandler]
     """Builds the commands consumer's handler; the callable it gets wakes the dispatcher."""
-    router: Callable[[TwilioSettings, AsyncEngine], APIRouter]
-    """Builds the webhook routes (``/twilio/...``)."""
+    router: Callable[[S, AsyncEngine, IdentityStore], APIRouter]
+    """Builds the webhook routes (``/twilio/...``). The identity store is for routes that learn a
+    tenant from their URL (``IdentityStore.tenant_exists``); it connects on first use only."""
+    loops: Callable[[S, AsyncEngine, Client], Sequence[ServiceLoop]] = _no_loops
+    """The service's own background loops, given the engine and the SDK client the dispatcher
+    uses. They run and stop like the built-in ones (stopped before the engine is disposed)."""
 
 
 @dataclass
@@ -966,15 +992,21 @@ class TwilioService:
     app: FastAPI
     engine: AsyncEngine
     dispatcher: Dispatcher
+    identity: IdentityStore
+    loops: list[ServiceLoop] = field(default_factory=list)
+    """The spec's own loops (already among ``background``)."""
     background: list[BackgroundLoop] = field(default_factory=list)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec) -> TwilioService:
+async def build_twilio_service(settings: S, spec: TwilioServiceSpec[S]) -> TwilioService:
     """Check the Twilio settings, migrate the database, ensure the topics, wire every component.
 
-    Background loops: the outbox relay, the commands consumer and the dispatcher (never the
-    consumer itself calls Twilio, so no partition is held during a request).
+    Background loops: the outbox relay, the commands consumer, the dispatcher (never the consumer
+    itself calls Twilio, so no partition is held during a request) and the spec's own ``loops``.
+    The identity store (``IDENTITY_DATABASE_URL``, a pool of 2) is opened lazily: it is read only
+    by routes that need it, and sending does not depend on it. It is on ``app.state.identity``
+    too, so ``manual_actions.auth.require_roles`` works on these apps.
     """
     missing = settings.missing_twilio_settings()
     if missing:
@@ -983,11 +1015,12 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
         raise SystemExit(f"{settings.service_name}: CONSUMER_GROUP_ID is empty")
     core = await start_core(settings, spec.migrations_dir)
     engine, producer = core.engine, core.producer
+    client = make_client(settings)
     dispatcher = Dispatcher(
         engine,
         spec.table,
         spec.target(settings),
-        make_client(settings),
+        client,
         settings,
         name=f"{settings.service_name}-dispatcher",
     )
@@ -998,31 +1031,43 @@ async def build_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec
         handler=spec.intake(engine, dispatcher.wake),
         producer=producer,
     )
+    identity = IdentityStore(create_engine(settings.identity_database_url, pool_size=2))
+    loops = list(spec.loops(settings, engine, client))
 
     async def database_reachable() -> None:
         async with engine.connect() as conn:
             await conn.execute(select(1))
 
     app = create_app(settings.service_name, readiness_checks=[("database", database_reachable)])
-    app.include_router(spec.router(settings, engine))
+    app.state.identity = identity
+    app.include_router(spec.router(settings, engine, identity))
     return TwilioService(
         app=app,
         engine=engine,
         dispatcher=dispatcher,
-        background=[core.relay.run, consumer.run, dispatcher.run],
+        identity=identity,
+        loops=loops,
+        background=[core.relay.run, consumer.run, dispatcher.run, *(loop.run for loop in loops)],
         # The consumer dead-letters through the producer, so it stops before the producer; the
-        # dispatcher finishes its requests in flight before the engine goes.
-        on_shutdown=[consumer.stop, dispatcher.stop, *core.shutdown_steps()],
+        # dispatcher finishes its requests in flight and the spec's loops stop before the engine
+        # goes.
+        on_shutdown=[
+            consumer.stop,
+            dispatcher.stop,
+            *(loop.stop for loop in loops),
+            *core.shutdown_steps(),
+            identity.engine.dispose,
+        ],
     )
 
 
-async def run_twilio_service(settings: TwilioSettings, spec: TwilioServiceSpec) -> None:
+async def run_twilio_service(settings: S, spec: TwilioServiceSpec[S]) -> None:
     """Build the service and serve it until SIGTERM/SIGINT (``manual_actions.service.serve``)."""
     service = await build_twilio_service(settings, spec)
     await serve(service.app, settings, background=service.background, on_shutdown=service.on_shutdown)
 
 
-def twilio_main(settings: TwilioSettings, spec: TwilioServiceSpec) -> None:
+def twilio_main(settings: S, spec: TwilioServiceSpec[S]) -> None:
     """A Twilio-facing service's console entry point: JSON logs, then ``run_twilio_service``."""
     configure_logging(settings.service_name, settings.log_level)
     asyncio.run(run_twilio_service(settings, spec))
@@ -1037,6 +1082,7 @@ __all__ = [
     "Dispatcher",
     "FailureKind",
     "RequestOutcome",
+    "ServiceLoop",
     "TwilioParams",
     "TwilioService",
     "TwilioServiceSpec",

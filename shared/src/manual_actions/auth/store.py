@@ -140,7 +140,12 @@ class IdentityStore:
     ``authenticate`` caches each answer (valid or not) for ``cache_ttl`` seconds per process, so
     a busy API does not query the identity database on every request. Consequence: a token
     revoked in another process keeps working here for at most ``cache_ttl`` seconds; revoking
-    through this instance takes effect here at once. ``clock`` is injectable for tests.
+    through this instance takes effect here at once. ``tenant_exists`` remembers a tenant it
+    found for ``tenant_cache_ttl`` seconds (tenants are never deleted) and never remembers a
+    miss. ``clock`` is injectable for tests.
+
+    Creating a store opens no connection: the engine connects on first use, so a service that
+    only sometimes needs the identity database (a webhook) starts without it.
     """
 
     def __init__(
@@ -149,15 +154,19 @@ class IdentityStore:
         *,
         cache_ttl: float = 5.0,
         cache_max_entries: int = 10_000,
+        tenant_cache_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._cache_ttl = cache_ttl
         self._cache_max_entries = cache_max_entries
+        self._tenant_cache_ttl = tenant_cache_ttl
         self._clock = clock
         # Keyed by SHA-256 of the whole token so no plaintext token is kept in memory longer
         # than the request that carried it.
         self._cache: dict[bytes, _CacheEntry] = {}
+        # Tenant id -> when the fact "it exists" must be checked again.
+        self._known_tenants: dict[str, float] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -188,6 +197,30 @@ class IdentityStore:
         statement = statement.on_conflict_do_update(index_elements=[tenants.c.id], set_={"name": name})
         async with self._engine.begin() as conn:
             await conn.execute(statement)
+
+    async def tenant_exists(self, tenant: str) -> bool:
+        """True when ``tenant`` is a tenant of the identity store; raises on a database error.
+
+        For callers that learn the tenant from somewhere other than a token (a webhook URL). An id
+        outside ``TENANT_ID_PATTERN`` is False without a query. A tenant found is remembered for
+        ``tenant_cache_ttl`` seconds; one not found is asked again next time, so a tenant created
+        a moment ago (by any process) is accepted at once.
+        """
+        if not TENANT_ID_PATTERN.fullmatch(tenant):
+            return False
+        now = self._clock()
+        expires = self._known_tenants.get(tenant)
+        if expires is not None and expires > now:
+            return True
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(select(tenants.c.id).where(tenants.c.id == tenant))
+        if found is None:
+            self._known_tenants.pop(tenant, None)
+            return False
+        if len(self._known_tenants) >= self._cache_max_entries:
+            self._known_tenants.clear()
+        self._known_tenants[tenant] = now + self._tenant_cache_ttl
+        return True
 
     async def issue_token(
         self, tenant: str, role: Role, user_id: uuid.UUID | None = None, label: str = ""

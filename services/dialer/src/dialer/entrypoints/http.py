@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dialer.handlers.calls import bridge_twiml, handle_call_status
 from dialer.handlers.placing import CONNECT_PATH, STATUS_CALLBACK_PATH
+from manual_actions.auth import IdentityStore
 from manual_actions.twilio_support import (
     TwilioParams,
     TwilioSettings,
@@ -25,7 +26,9 @@ from manual_actions.twilio_support import (
 CommandId = Annotated[uuid.UUID, Query(description="The PlaceCall command this call was placed for.")]
 
 
-def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
+def create_router(settings: TwilioSettings, engine: AsyncEngine, identity: IdentityStore) -> APIRouter:
+    """The voice webhooks (the identity store is unused: every route finds its tenant through its
+    command's row)."""
     router = APIRouter(tags=["twilio webhooks"])
     verified = twilio_request_verifier(settings)
     Signed = Annotated[TwilioParams, Depends(verified)]

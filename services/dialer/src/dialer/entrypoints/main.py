@@ -13,7 +13,7 @@ from dialer.settings import DialerSettings
 from manual_actions.contracts import topics
 from manual_actions.twilio_support import TwilioServiceSpec, twilio_main
 
-SPEC = TwilioServiceSpec(
+SPEC = TwilioServiceSpec[DialerSettings](
     migrations_dir=Path(migrations.__file__).parent,
     commands_topic=topics.CALL_COMMANDS,
     table=outgoing_calls,

@@ -8,15 +8,13 @@ the SMS we send, and the incoming-message webhook of the SMS contacts send us.
 # (the signature check built per app) as objects, not as strings it would resolve in module globals.
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 from twilio.twiml.messaging_response import MessagingResponse
 
-from manual_actions.db import create_engine
+from manual_actions.auth import IdentityStore
 from manual_actions.http import problem
 from manual_actions.logging import log_context
 from manual_actions.twilio_support import (
@@ -27,7 +25,6 @@ from manual_actions.twilio_support import (
     unknown_command,
 )
 from sms_sender import metrics
-from sms_sender.adapters.tenants import TenantDirectory
 from sms_sender.domain.inbound import InvalidField, parse_incoming
 from sms_sender.handlers.callbacks import handle_status_callback
 from sms_sender.handlers.inbound import record_incoming
@@ -44,20 +41,10 @@ INBOUND_PATH = "/v1/twilio/inbound/{tenant}"
 EMPTY_TWIML = MessagingResponse().to_xml()
 
 
-def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
-    """The webhook routes. The incoming-message route checks tenants against the identity store
-    (``IDENTITY_DATABASE_URL``, a small pool opened lazily and closed with the app)."""
-    identity_engine = create_engine(settings.identity_database_url, pool_size=2)
-    directory = TenantDirectory(identity_engine)
-
-    @asynccontextmanager
-    async def close_identity_engine(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await identity_engine.dispose()
-
-    router = APIRouter(tags=["twilio webhooks"], lifespan=close_identity_engine)
+def create_router(settings: TwilioSettings, engine: AsyncEngine, identity: IdentityStore) -> APIRouter:
+    """The webhook routes. The incoming-message route checks its tenant with
+    ``identity.tenant_exists`` (the identity store the shared wiring opens on first use)."""
+    router = APIRouter(tags=["twilio webhooks"])
     Signed = Annotated[TwilioParams, Depends(twilio_request_verifier(settings))]
 
     @router.post(
@@ -93,7 +80,7 @@ def create_router(settings: TwilioSettings, engine: AsyncEngine) -> APIRouter:
         keyword: opt_out, opt_in, help or none); a repeated webhook publishes nothing again. Both
         are answered with an empty TwiML ``<Response/>``, so Twilio sends no automatic reply."""
         with log_context(tenant=tenant):
-            if not await directory.exists(tenant):
+            if not await identity.tenant_exists(tenant):
                 metrics.SMS_INBOUND_REFUSED.labels("unknown_tenant").inc()
                 raise problem(404, "Unknown tenant", f"No tenant {tenant!r} exists.", field="path.tenant")
             try:

@@ -1,15 +1,17 @@
 """Process start of sms-sender: migrate, ensure topics, then serve the Twilio webhooks, the outbox
-relay, the sms-commands consumer, the dispatcher and the reconciliation loop in one event loop."""
+relay, the sms-commands consumer, the dispatcher and the reconciliation loop in one event loop
+(the shared wiring, ``manual_actions.twilio_support.build_twilio_service``, of ``SPEC``)."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+from twilio.rest import Client
+
 from manual_actions.contracts import topics
-from manual_actions.logging import configure_logging
-from manual_actions.service import serve
-from manual_actions.twilio_support import TwilioService, TwilioServiceSpec, build_twilio_service, make_client
+from manual_actions.twilio_support import ServiceLoop, TwilioServiceSpec, twilio_main
 from sms_sender.adapters import migrations
 from sms_sender.adapters.tables import outgoing_sms
 from sms_sender.entrypoints.http import create_router
@@ -17,39 +19,26 @@ from sms_sender.handlers.reconcile import Reconciler
 from sms_sender.handlers.sending import SmsTarget, send_sms_intake
 from sms_sender.settings import SmsSenderSettings
 
-SPEC = TwilioServiceSpec(
+
+def reconciliation(settings: SmsSenderSettings, engine: AsyncEngine, client: Client) -> Sequence[ServiceLoop]:
+    """The reconciliation loop: ``SmsTarget`` leaves unknown outcomes to it, so it is part of SPEC
+    (a process without it would never report them)."""
+    return [Reconciler(engine, client, settings)]
+
+
+SPEC = TwilioServiceSpec[SmsSenderSettings](
     migrations_dir=Path(migrations.__file__).parent,
     commands_topic=topics.SMS_COMMANDS,
     table=outgoing_sms,
     target=SmsTarget,
     intake=lambda engine, wake: send_sms_intake(engine, stored=wake),
     router=create_router,
+    loops=reconciliation,
 )
 
 
-async def build_sms_sender(settings: SmsSenderSettings) -> TwilioService:
-    """The shared Twilio-service wiring of ``SPEC`` plus sms-sender's reconciliation loop.
-
-    Always build sms-sender with this: ``SmsTarget`` leaves unknown outcomes to the loop, so a
-    process without it would never report them.
-    """
-    service = await build_twilio_service(settings, SPEC)
-    reconciler = Reconciler(service.engine, make_client(settings), settings)
-    service.background.append(reconciler.run)
-    # Before the engine is disposed (the last shutdown steps close the relay, producer, engine).
-    service.on_shutdown.insert(0, reconciler.stop)
-    return service
-
-
-async def run(settings: SmsSenderSettings) -> None:
-    service = await build_sms_sender(settings)
-    await serve(service.app, settings, background=service.background, on_shutdown=service.on_shutdown)
-
-
 def main() -> None:
-    settings = SmsSenderSettings()
-    configure_logging(settings.service_name, settings.log_level)
-    asyncio.run(run(settings))
+    twilio_main(SmsSenderSettings(), SPEC)
 
 
 if __name__ == "__main__":
