@@ -38,6 +38,12 @@ class FakeRepository:
         action = self._store.get(action_id)
         return action.tenant if action else None
 
+    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
+        return {action.id for action in actions if await self.add_if_absent(action)}
+
+    async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        return {i: self._store[i].tenant for i in action_ids if i in self._store}
+
     async def get(self, tenant: str, action_id: uuid.UUID, *,
                   for_update: bool = False) -> ManualAction | None:
         action = self._store.get(action_id)
@@ -245,6 +251,9 @@ class FakeUnitOfWork:
             return False
         self._inbox.add((consumer, message_id))
         return True
+
+    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        return {i for i in message_ids if await self.first_time_seen(consumer, i)}
 
     def statuses(self) -> dict[uuid.UUID, ActionStatus]:
         return {a.id: a.status for a in self.store.values()}

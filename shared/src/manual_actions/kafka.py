@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import sqlalchemy.exc as sa_exc
@@ -34,12 +34,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, for_code
+from pydantic import ValidationError
 
 from manual_actions import faults
 from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope, InvalidMessage, decode, registry
 from manual_actions.contracts import topics as topic_names
+from manual_actions.contracts.codec import PAYLOADS
 from manual_actions.contracts.dead_letters import dead_letter_headers
+from manual_actions.contracts.envelope import WIRE_REQUIRED_FIELDS
 from manual_actions.faults import crash_point
 from manual_actions.settings import ServiceSettings
 
@@ -255,6 +258,48 @@ def is_transient(exc: BaseException) -> bool:
         if current.__cause__ is not None:
             todo.append(current.__cause__)
     return False
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+# The latest payload class of each message type: only a message already at its type's latest
+# version can skip the upcaster chain.
+_LATEST: dict[tuple[str, int], type[Any]] = {}
+for (_type, _version), _payload in PAYLOADS.items():
+    if _version == max(v for t, v in PAYLOADS if t == _type):
+        _LATEST[(_type, _version)] = cast(Any, Envelope)[_payload]
+_WIRE_REQUIRED = frozenset(WIRE_REQUIRED_FIELDS)
+
+
+def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Envelope[Any]:
+    """``contracts.decode`` with a fast path: same result, same ``InvalidMessage`` reasons.
+
+    When the record's ``type``/``version`` headers (which every producer of ours sets, see
+    ``Envelope.kafka_headers``) name the latest version of a known type, the bytes are validated
+    in one step by pydantic's JSON parser (``model_validate_json``) instead of ``json.loads``
+    plus ``model_validate`` (about half the cost per message). The envelope's own validator
+    still checks that ``type``/``version`` inside the document name that payload, and the wire
+    fields without a Python default are checked as ``decode`` does. Anything else, and any
+    failure, goes through ``decode``, so the reason of a dead letter is always the codec's.
+    """
+    if value is not None and headers:
+        message_type = message_version = None
+        for name, header in headers:
+            if name == "type":
+                message_type = header
+            elif name == "version":
+                message_version = header
+        if message_type is not None and message_version is not None and message_version.isdigit():
+            envelope_class = _LATEST.get((message_type.decode(errors="replace"), int(message_version)))
+            if envelope_class is not None:
+                try:
+                    envelope: Envelope[Any] = envelope_class.model_validate_json(value)
+                except ValidationError:
+                    pass
+                else:
+                    if envelope.model_fields_set >= _WIRE_REQUIRED:
+                        return envelope
+    return decode(value)
 
 
 # --- the consumer loop ---------------------------------------------------------------------------
@@ -478,7 +523,7 @@ class BatchConsumer:
             metrics.CONSUMER_MESSAGES.labels(self._group_id, tp.topic).inc(len(records))
             for record in records:
                 try:
-                    envelope = decode(record.value)
+                    envelope = decode_record(record.value, record.headers)
                 except InvalidMessage as exc:
                     # Acknowledged before we go on, so it is durable before any commit past it.
                     await self._dead_letter(batch, record, exc.reason, reason_class="invalid")

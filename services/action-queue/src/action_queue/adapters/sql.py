@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -10,7 +11,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Select, and_, func, or_, select, text, tuple_
+import pydantic_core
+from sqlalchemy import Select, Uuid, and_, func, or_, select, text, tuple_
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -152,6 +155,23 @@ class SqlActionRepository:
         result = await self._conn.execute(select(t.c.tenant_id).where(t.c.id == action_id))
         return result.scalar_one_or_none()
 
+    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
+        # Materialisation's hot path: one INSERT ... SELECT FROM jsonb_to_recordset for the whole
+        # batch. The rows travel as one JSON text that PostgreSQL unpacks (on its own CPU); binding
+        # one array per column costs more on our side (asyncpg checks every array element).
+        if not actions:
+            return set()
+        rows = [_row(action) for action in actions]
+        statement = _insert_many_statement(tuple(rows[0]))
+        # pydantic-core's serialiser writes UUIDs and datetimes natively (json.dumps calls back
+        # into Python for each of them).
+        result = await self._conn.execute(statement, {"rows": pydantic_core.to_json(rows).decode()})
+        return set(result.scalars().all())
+
+    async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        result = await self._conn.execute(select(t.c.id, t.c.tenant_id).where(t.c.id.in_(list(action_ids))))
+        return {action_id: tenant for action_id, tenant in result.all()}
+
     async def get(self, tenant: str, action_id: uuid.UUID, *,
                   for_update: bool = False) -> ManualAction | None:
         statement = select(t).where(t.c.tenant_id == tenant, t.c.id == action_id)
@@ -249,6 +269,19 @@ class SqlActionRepository:
         result = await self._conn.execute(_SAVE_MANY, {"rows": json.dumps(rows, default=_json_default)})
         if result.rowcount != len(actions):
             raise LookupError(f"{len(actions) - result.rowcount} manual actions vanished while saving")
+
+
+@functools.cache
+def _insert_many_statement(names: tuple[str, ...]) -> Any:
+    """``INSERT INTO manual_actions (<names>) SELECT ... FROM jsonb_to_recordset(:rows) ON CONFLICT
+    (id) DO NOTHING RETURNING id``, with each column's SQL type from the table."""
+    dialect = postgresql.dialect()
+    record = ", ".join(f"{name} {t.c[name].type.compile(dialect=dialect)}" for name in names)
+    return text(
+        f"INSERT INTO manual_actions ({', '.join(names)}) SELECT {', '.join(names)} "
+        f"FROM jsonb_to_recordset(CAST(CAST(:rows AS text) AS jsonb)) AS v({record}) "
+        "ON CONFLICT (id) DO NOTHING RETURNING id"
+    ).columns(id=t.c.id.type)
 
 
 def _json_default(value: object) -> str:
@@ -617,6 +650,21 @@ class SqlUnitOfWork:
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self._connection, consumer, message_id)
+
+    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        # Like first_time_seen for a whole batch in one statement (the ids travel as one JSON text).
+        if not message_ids:
+            return set()
+        ids = pydantic_core.to_json(message_ids).decode()
+        result = await self._connection.execute(_FIRST_TIME_SEEN_MANY, {"consumer": consumer, "ids": ids})
+        return set(result.scalars().all())
+
+
+_FIRST_TIME_SEEN_MANY = text(
+    "INSERT INTO inbox (consumer, message_id) "
+    "SELECT :consumer, CAST(jsonb_array_elements_text(CAST(CAST(:ids AS text) AS jsonb)) AS uuid) "
+    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id"
+).columns(message_id=Uuid())
 
 
 class SqlUnitOfWorkFactory:

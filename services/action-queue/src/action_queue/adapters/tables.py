@@ -100,6 +100,18 @@ Index(
     manual_actions.c.queued_at,
     manual_actions.c.id,
 )
+# Let's Start's candidates only, in its order: serves the OR over statuses of next_reservable
+# (migration 0006).
+Index(
+    "ix_manual_actions_reservable",
+    manual_actions.c.tenant_id,
+    manual_actions.c.assignee_user_id,
+    manual_actions.c.priority.desc(),
+    manual_actions.c.effective_due_at,
+    manual_actions.c.queued_at,
+    manual_actions.c.id,
+    postgresql_where=manual_actions.c.status.in_(["queued", "reserved", "snoozed"]),
+)
 # Listing sorted by due time or by priority (keyset pagination within a tenant).
 Index("ix_manual_actions_by_due", manual_actions.c.tenant_id, manual_actions.c.effective_due_at,
       manual_actions.c.id)

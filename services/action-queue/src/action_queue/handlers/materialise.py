@@ -9,7 +9,8 @@ raises ``UnprocessableMessage``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from action_queue import metrics
@@ -39,11 +40,51 @@ class UnprocessableMessage(DomainError):
 
 
 async def apply_batch(uow: UnitOfWork, envelopes: Iterable[Envelope[Any]]) -> None:
-    """Apply ``envelopes`` in order in one transaction; commit only if all were applied."""
+    """Apply ``envelopes`` in one transaction; commit only if all were applied.
+
+    The ActionQueued events of the batch are materialised first, together, in a few statements
+    (``materialise_queued``); the other messages follow one by one in their order. That order is
+    safe: ActionQueued is sequence 1 of its action, so every other message about an action comes
+    after it, and the other messages keep their relative order.
+    """
+    envelopes = list(envelopes)
+    queued = [e for e in envelopes if isinstance(e.data, ActionQueued)]
     async with uow:
+        if len(queued) > 1:
+            await materialise_queued(uow, queued)
+            envelopes = [e for e in envelopes if not isinstance(e.data, ActionQueued)]
         for envelope in envelopes:
             await apply(uow, envelope)
         await uow.commit()
+
+
+async def materialise_queued(uow: UnitOfWork, envelopes: Sequence[Envelope[ActionQueued]]) -> None:
+    """What ``apply`` does for each ActionQueued, for many at once inside the caller's unit of work:
+    one inbox statement, one insert of the new actions, and one lookup only if some action already
+    existed (a producer retry with a new envelope id), whose tenant must be the envelope's."""
+    fresh = await uow.first_time_seen_many(CONSUMER, [e.id for e in envelopes])
+    todo: list[Envelope[ActionQueued]] = []
+    for envelope in envelopes:
+        if envelope.id in fresh:
+            fresh.discard(envelope.id)  # a second copy of it in the same batch is a redelivery
+            todo.append(envelope)
+        else:
+            metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="redelivered").inc()
+    first: dict[uuid.UUID, Envelope[ActionQueued]] = {}
+    for envelope in todo:
+        first.setdefault(envelope.data.action_id, envelope)
+    inserted = await uow.actions.add_many_if_absent(
+        [ManualAction.from_queued(e.tenant, e.data, e.sequence) for e in first.values()])
+    duplicates = [e for e in todo if e.data.action_id not in inserted or first[e.data.action_id] is not e]
+    if inserted:
+        metrics.EVENTS_APPLIED.labels(type=ActionQueued.message_type).inc(len(inserted))
+    if not duplicates:
+        return
+    owners = await uow.actions.tenants_of([e.data.action_id for e in duplicates])
+    for envelope in duplicates:
+        if owners.get(envelope.data.action_id) != envelope.tenant:
+            raise UnprocessableMessage(f"action {envelope.data.action_id} already belongs to another tenant")
+        metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="duplicate_action").inc()
 
 
 async def apply(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
