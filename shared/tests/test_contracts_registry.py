@@ -25,6 +25,7 @@ AQ_TRANSITIONS = (
     "ActionSnoozed",
     "ActionScheduled",
     "ActionRequeued",
+    "ActionRescheduled",
     "ActionSmsRequested",
     "ActionCallRequested",
     "ActionCallEnded",

@@ -200,6 +200,20 @@ class ActionScheduled(Payload):
     scheduled_at: datetime
 
 
+class ActionRescheduled(Payload):
+    """A person changed when the action should be worked (its due time); the queue order follows."""
+
+    message_type: ClassVar[str] = "ActionRescheduled"
+    action_id: uuid.UUID
+    action_type: ActionType
+    assignee_user_id: uuid.UUID | None
+    due_at: datetime | None = Field(description="The new due time; null means as soon as possible.")
+    previous_due_at: datetime | None
+    reason: str | None = None
+    rescheduled_by: uuid.UUID | None
+    rescheduled_at: datetime
+
+
 class ActionRequeued(Payload):
     """The action is queued again by the system: a snooze ended, a scheduled SMS was cancelled, or
     sending failed (then ``last_error`` holds the reason shown to the person)."""
@@ -501,6 +515,7 @@ ALL_MESSAGES: tuple[type[Payload], ...] = (
     ActionSnoozed,
     ActionScheduled,
     ActionRequeued,
+    ActionRescheduled,
     ActionSmsRequested,
     ActionCallRequested,
     ActionCallEnded,
