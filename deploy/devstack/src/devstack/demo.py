@@ -1,8 +1,9 @@
 """``./dev up``: the whole system on this machine with a seeded demo tenant.
 
 Starts the local infrastructure, the five services as separate processes, seeds tenant ``demo``
-(a manager, two agents, contacts, a published workflow with a Manual SMS and a Manual Call step,
-every contact enrolled), prints the URLs and tokens, and runs until Ctrl-C.
+(a team with a manager and two agents, contacts, a published workflow with a Manual SMS, calls, a
+branch on the call outcome, a wait and goals, every contact enrolled), prints the URLs and tokens,
+and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ async def issue_admin_token(identity_url: str, tenant: str) -> str:
         await engine.dispose()
 
 
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
+
+
 def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
     """Create users, contacts and a published workflow, enroll every contact; return what was made."""
     admin = httpx.Client(base_url=runner_url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
@@ -58,11 +62,19 @@ def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
             )
         return dict(response.json())
 
+    team = created(admin.post("/v1/teams", json={"name": "Sales"}))
     manager = created(
-        admin.post("/v1/users", json={"name": "Maya Manager", "phone": "+14155550190", "role": "manager"})
+        admin.post(
+            "/v1/users",
+            json={"name": "Maya Manager", "phone": "+14155550190", "role": "manager", "team_id": team["id"]},
+        )
     )
     agents = [
-        created(admin.post("/v1/users", json={"name": name, "phone": phone, "role": "agent"}))
+        created(
+            admin.post(
+                "/v1/users", json={"name": name, "phone": phone, "role": "agent", "team_id": team["id"]}
+            )
+        )
         for name, phone in (("Alex Agent", "+14155550191"), ("Sam Agent", "+14155550192"))
     ]
     tokens = {
@@ -73,13 +85,22 @@ def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
         created(admin.post("/v1/contacts", json={"name": name, "phone": phone}))
         for name, phone in DEMO_CONTACTS
     ]
+    # Shows the step graph: a text first (worked within the hour, or the call comes anyway after a
+    # day), a call, and another call on the next weekday morning when nobody answered; a reply or
+    # STOP from the contact ends it.
     workflow = created(
         admin.post(
             "/v1/workflows",
             json={
                 "name": "New lead follow-up",
+                "goals": ["replied", "opted_out"],
                 "steps": [
-                    {"id": "assign", "type": "assign_user", "user_ids": [agent["id"] for agent in agents]},
+                    {
+                        "id": "assign",
+                        "type": "assign_user",
+                        "user_ids": [agent["id"] for agent in agents],
+                        "weights": [2, 1],
+                    },
                     {
                         "id": "intro-sms",
                         "type": "manual_sms",
@@ -87,8 +108,26 @@ def seed(runner_url: str, queue_url: str, admin_token: str) -> dict[str, Any]:
                         "message": (
                             "Hi {{contact.first_name}}, this is {{user.name}}. Is now a good time to talk?"
                         ),
+                        "priority": 50,
+                        "due_in": "PT1H",
+                        "timeout": {"after": "P1D", "then": "intro-call", "action": "keep"},
                     },
                     {"id": "intro-call", "type": "manual_call", "action_name": "Intro call"},
+                    {
+                        "id": "after-call",
+                        "type": "branch",
+                        "on": {"no_answer": "next-morning", "voicemail": "next-morning", "default": "end"},
+                    },
+                    {
+                        "id": "next-morning",
+                        "type": "wait",
+                        "until": {
+                            "days": ["mon", "tue", "wed", "thu", "fri"],
+                            "start": "09:00",
+                            "end": "11:00",
+                        },
+                    },
+                    {"id": "second-call", "type": "manual_call", "action_name": "Second call"},
                 ],
             },
         )
