@@ -24,7 +24,7 @@ from workflow_runner.domain.bulk import (
 from workflow_runner.domain.enrollments import Enrollment
 from workflow_runner.domain.errors import InvalidField
 from workflow_runner.handlers import handlers
-from workflow_runner.handlers.bulk import ActionQueuedDocuments
+from workflow_runner.handlers.bulk import ActionQueuedDocuments, random_ids
 
 
 def _run(total: int, drip: Drip | None = None) -> BulkRun:
@@ -146,3 +146,10 @@ def test_batch_documents_equal_the_single_enrollment_event(specs: list[dict[str,
         real = handlers.action_queued(action).to_jsonable()
         assert uuid.UUID(fast["id"]) != uuid.UUID(real["id"])
         assert {**fast, "id": None} == {**real, "id": None}
+
+
+def test_random_ids_are_distinct_version_4_uuids() -> None:
+    new_id = random_ids(batch=8)
+    ids = [new_id() for _ in range(100)]  # crosses the buffer refill many times
+    assert len(set(ids)) == 100
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)

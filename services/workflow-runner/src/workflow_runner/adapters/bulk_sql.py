@@ -14,10 +14,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, literal, select, text, update
+from sqlalchemy import ColumnElement, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 
+from manual_actions.outbox import OUTBOX_CHANNEL
 from workflow_runner.adapters import sql
 from workflow_runner.adapters import tables as t
 from workflow_runner.domain.bulk import (
@@ -104,7 +105,7 @@ def _progress(run: BulkRun) -> dict[str, Any]:
 
 
 def _jsonb(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return json.dumps(value, separators=(",", ":"))
 
 
 ENROLLMENT_COLUMNS = (
@@ -126,6 +127,74 @@ ENROLLMENT_COLUMNS = (
 ACTION_COLUMNS = ("tenant_id", "id", "action_type", "status", *sql._ACTION_FIELDS)
 HISTORY_COLUMNS = ("tenant_id", "enrollment_id", "step_id", "at", "event", "detail")
 RESULT_COLUMNS = ("tenant_id", "run_id", "contact_id", "outcome", "enrollment_id", "at")
+
+
+def _enrollment_record(e: Enrollment) -> tuple[Any, ...]:
+    values = {
+        "tenant_id": e.tenant,
+        "id": e.id,
+        "contact_id": e.contact_id,
+        "workflow_id": e.workflow_id,
+        "created_at": e.created_at,
+        **sql.SqlEnrollmentRepository._state(e),
+    }
+    return tuple(values[name] for name in ENROLLMENT_COLUMNS)
+
+
+_TARGETS = """
+    SELECT seq, contact_id FROM bulk_enrollment_targets
+    WHERE tenant_id = $1 AND run_id = $2 AND seq > $3
+    ORDER BY seq
+    LIMIT $4
+"""
+# The contacts of a chunk, locked, with their past in the workflow ($3). Through the driver:
+# SQLAlchemy's row processing (arrays, JSON) cost more than the query itself at 1,000 rows.
+_TARGET_CONTACTS = """
+    SELECT c.*,
+        EXISTS (SELECT 1 FROM enrollments e WHERE e.tenant_id = c.tenant_id AND e.workflow_id = $3
+                AND e.contact_id = c.id AND e.status IN ('active', 'waiting')) AS bulk_running,
+        EXISTS (SELECT 1 FROM enrollments e WHERE e.tenant_id = c.tenant_id AND e.workflow_id = $3
+                AND e.contact_id = c.id) AS bulk_ever
+    FROM contacts c
+    WHERE c.tenant_id = $1 AND c.id = ANY($2::uuid[]) AND c.deleted_at IS NULL
+    ORDER BY c.id
+    FOR UPDATE OF c
+"""
+
+
+def _contact_of(record: Any) -> Contact:
+    """``sql._contact`` for a driver record (jsonb arrives as text unless SQLAlchemy's dialect has
+    set a JSON codec on the connection, which it does)."""
+    row = dict(record)
+    if isinstance(row["custom_fields"], str):
+        row["custom_fields"] = json.loads(row["custom_fields"])
+    return sql._contact(row)  # type: ignore[arg-type]
+
+
+def outbox_records(topic: str, documents: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Outbox rows for envelope documents, exactly as ``SqlUnitOfWork.publish_documents`` writes
+    them (key = subject; type, version and tenant headers); the headers text is built once per
+    distinct (type, version, tenant)."""
+    headers: dict[tuple[str, int, str], str] = {}
+    records = []
+    for d in documents:
+        marker = (d["type"], d["version"], d["tenant"])
+        text_headers = headers.get(marker)
+        if text_headers is None:
+            text_headers = headers[marker] = json.dumps(
+                [["type", d["type"]], ["version", str(d["version"])], ["tenant", d["tenant"]]]
+            )
+        records.append(
+            (
+                uuid.UUID(d["id"]),
+                d["tenant"],
+                topic,
+                d["subject"],
+                json.dumps(d, separators=(",", ":")),
+                text_headers,
+            )
+        )
+    return records
 
 
 class SqlBulkRepository(sql._Repository):
@@ -237,32 +306,14 @@ class SqlBulkRepository(sql._Repository):
         """The next ``limit`` targets after seq ``after``, their contacts locked FOR UPDATE (in id
         order, like a single enrollment locks its contact, so the two never race), with whether each
         is running through ``workflow_id`` now or ever was."""
-        g = t.bulk_enrollment_targets.c
-        targets = (
-            await self._conn.execute(
-                select(g.seq, g.contact_id)
-                .where(g.tenant_id == tenant, g.run_id == run_id, g.seq > after)
-                .order_by(g.seq)
-                .limit(limit)
-            )
-        ).all()
+        driver = await sql._driver_connection(self._conn)
+        targets = await driver.fetch(_TARGETS, tenant, run_id, after, limit)
         if not targets:
             return []
-        c, e = t.contacts.c, t.enrollments.c
-        same = and_(e.tenant_id == c.tenant_id, e.workflow_id == workflow_id, e.contact_id == c.id)
-        rows = await self._all(
-            select(
-                t.contacts,
-                exists().where(same, e.status.in_(RUNNING)).label("bulk_running"),
-                exists().where(same).label("bulk_ever"),
-            )
-            .where(
-                c.tenant_id == tenant, c.id.in_([row.contact_id for row in targets]), c.deleted_at.is_(None)
-            )
-            .order_by(c.id)
-            .with_for_update(of=t.contacts)
+        records = await driver.fetch(
+            _TARGET_CONTACTS, tenant, [r["contact_id"] for r in targets], workflow_id
         )
-        found = {row["id"]: row for row in rows}
+        found = {r["id"]: r for r in records}
         out = []
         for seq, contact_id in targets:
             row = found.get(contact_id)
@@ -270,7 +321,7 @@ class SqlBulkRepository(sql._Repository):
                 TargetContact(
                     seq=seq,
                     contact_id=contact_id,
-                    contact=sql._contact(row) if row is not None else None,
+                    contact=_contact_of(row) if row is not None else None,
                     running=bool(row and row["bulk_running"]),
                     enrolled_before=bool(row and row["bulk_ever"]),
                 )
@@ -294,20 +345,7 @@ class SqlBulkRepository(sql._Repository):
             await driver.copy_records_to_table(
                 "enrollments",
                 columns=ENROLLMENT_COLUMNS,
-                records=[
-                    tuple(
-                        {
-                            "tenant_id": e.tenant,
-                            "id": e.id,
-                            "contact_id": e.contact_id,
-                            "workflow_id": e.workflow_id,
-                            "created_at": e.created_at,
-                            **sql.SqlEnrollmentRepository._state(e),
-                        }[name]
-                        for name in ENROLLMENT_COLUMNS
-                    )
-                    for e in enrollments
-                ],
+                records=[_enrollment_record(e) for e in enrollments],
             )
             await driver.copy_records_to_table(
                 "enrollment_history",
@@ -354,6 +392,18 @@ class SqlBulkRepository(sql._Repository):
                     "versions": [c.version for c in changed_contacts],
                 },
             )
+
+    async def stage_events(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
+        """Stage envelope documents in the outbox with COPY (``outbox_records``) and notify the relay."""
+        if not documents:
+            return
+        driver = await sql._driver_connection(self._conn)
+        await driver.copy_records_to_table(
+            "outbox",
+            columns=["message_id", "tenant", "topic", "key", "value", "headers"],
+            records=outbox_records(topic, documents),
+        )
+        await self._conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
 
     async def results(
         self, tenant: str, run_id: uuid.UUID, *, outcome: str | None, after: uuid.UUID | None, limit: int
