@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
@@ -248,3 +249,53 @@ def test_url_rewriting_only_touches_the_api_origin() -> None:
     )
     assert twilio_http_client("") is None
     assert isinstance(twilio_http_client(base), RewritingTwilioHttpClient)
+
+
+def test_the_messages_list_and_fetch_show_the_messages_created(stack: Stack, client: Client) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    to = "+14155550131"
+    first = client.messages.create(to=to, from_=FROM, body="first")
+    second = client.messages.create(to=to, from_=FROM, body="second")
+    client.messages.create(to="+14155550132", from_=FROM, body="to someone else")
+
+    assert [m.sid for m in client.messages.list(to=to, from_=FROM)] == [second.sid, first.sid]
+
+    def sent_after() -> list[Any]:
+        return client.messages.list(to=to, from_=FROM, date_sent_after=before)
+
+    deadline = time.monotonic() + 10
+    while len(sent_after()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    listed = sent_after()
+    assert [(m.sid, m.body, m.direction, m.to, m.from_) for m in listed] == [
+        (second.sid, "second", "outbound-api", to, FROM),
+        (first.sid, "first", "outbound-api", to, FROM),
+    ]
+    assert all(m.date_sent is not None and m.date_sent >= before.replace(microsecond=0) for m in listed)
+    assert client.messages.list(to=to, date_sent_before=before) == []
+
+    # Pages of one, followed by the SDK through next_page_uri.
+    page = client.messages.page(to=to, page_size=1)
+    assert [m.sid for m in page] == [second.sid]
+    following = page.next_page()
+    assert following is not None and [m.sid for m in following] == [first.sid]
+    assert [m.sid for m in client.messages.stream(to=to, page_size=1)] == [second.sid, first.sid]
+
+    fetched = client.messages(first.sid).fetch()
+    assert (fetched.sid, fetched.body) == (first.sid, "first")
+    until = time.monotonic() + 10
+    while client.messages(first.sid).fetch().status != "delivered" and time.monotonic() < until:
+        time.sleep(0.1)
+    assert client.messages(first.sid).fetch().status == "delivered"
+    with pytest.raises(TwilioRestException) as caught:
+        client.messages("SM" + "0" * 32).fetch()
+    assert (caught.value.status, caught.value.code) == (404, 20404)
+
+    # Still validated against the contract by Prism: PageSize must be 1..1000.
+    response = httpx.get(
+        f"{stack.twilio_base_url}/2010-04-01/Accounts/{stack.twilio_account_sid}/Messages.json",
+        params={"PageSize": "0"},
+        auth=(stack.twilio_account_sid, stack.twilio_auth_token),
+        timeout=10,
+    )
+    assert response.status_code == 400 and response.json()["validation"]

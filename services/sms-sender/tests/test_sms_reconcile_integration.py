@@ -1,9 +1,10 @@
 """Reconciliation of unknown outcomes against the Twilio contract mock, real Kafka and PostgreSQL.
 
-The mock (Prism) validates our list and fetch requests against Twilio's spec and answers with the
-spec's example page: two messages, one of them an outbound SMS "testing" to +18182008801 created
-Fri, 24 May 2019 17:44:46 +0000, status sent, sid SMded05904ccb347238880ca9264e8fe1c. A row
-shaped like that example's request is therefore "found"; any other row is "not found".
+The mock answers Twilio's Messages list and fetch from the messages really created through it
+(Prism still validates those requests against Twilio's spec), and moves each message to ``sent``
+and ``delivered`` about 0.1 s apart, as Twilio does in its own time. A request "whose answer was
+lost" is played by creating the SMS with the SDK, as the dispatcher would have, and leaving the
+row ``sending`` with no worker, as a killed process leaves it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, insert, select
 from twilio.request_validator import RequestValidator
-from twilio_harness import Harness, eventually
+from twilio_harness import FROM_NUMBER, Harness, eventually
 
 from manual_actions.contracts import SmsFailed, SmsSent, registry, topics
 from manual_actions.twilio_support import SIGNATURE_HEADER, make_client
@@ -27,11 +28,6 @@ from sms_sender.handlers.reconcile import Reconciler
 from sms_sender.settings import SmsSenderSettings
 
 pytestmark = pytest.mark.integration
-
-EXAMPLE_SID = "SMded05904ccb347238880ca9264e8fe1c"
-EXAMPLE_TO = "+18182008801"
-EXAMPLE_CREATED = datetime(2019, 5, 24, 17, 44, 46, tzinfo=UTC)
-
 
 async def insert_row(sms: Harness, **values: Any) -> uuid.UUID:
     command_id = uuid.uuid4()
@@ -52,6 +48,16 @@ async def insert_row(sms: Harness, **values: Any) -> uuid.UUID:
     return command_id
 
 
+async def create_requests_to(sms: Harness, number: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=sms.stack.twilio_base_url, timeout=10) as mock:
+        logged = (await mock.get("/__mock/requests")).json()
+    return [
+        r
+        for r in logged
+        if r["method"] == "POST" and r["path"].endswith("/Messages.json") and r["params"].get("To") == number
+    ]
+
+
 async def row_of(sms: Harness, command_id: uuid.UUID) -> dict[str, Any]:
     [row] = await sms.rows(outgoing_sms, command_id)
     return row
@@ -68,19 +74,32 @@ async def list_requests_to(sms: Harness, number: str) -> list[dict[str, Any]]:
     ]
 
 
+async def create_at_twilio(sms: Harness, to: str, body: str) -> str:
+    """Create the SMS through the SDK (as the dispatcher does) and wait until Twilio delivered it;
+    its sid."""
+    client = make_client(sms.settings)
+    message = await asyncio.to_thread(client.messages.create, to=to, from_=FROM_NUMBER, body=body)
+    sid = str(message.sid)
+
+    async def delivered() -> bool:
+        fetched = await asyncio.to_thread(client.messages(sid).fetch)
+        return fetched.status == "delivered"
+
+    await eventually(delivered, what="the mock delivered the SMS")
+    return sid
+
+
 async def test_an_abandoned_request_twilio_did_send_is_reported_sent_not_unknown(sms: Harness) -> None:
-    # What a process killed during the request for the example's SMS leaves: 'sending', no sid.
-    command_id = await insert_row(
-        sms, to=EXAMPLE_TO, body="testing", claimed_at=EXAMPLE_CREATED - timedelta(seconds=1)
-    )
+    # What a process killed during its request leaves: the SMS exists at Twilio, the row is
+    # 'sending' with no sid and no live worker.
+    to, body = "+14155550187", f"Your code is {uuid.uuid4().hex[:6]}"
+    claimed_at = datetime.now(UTC)
+    sid = await create_at_twilio(sms, to, body)
+    command_id = await insert_row(sms, to=to, body=body, claimed_at=claimed_at)
 
     [event] = await eventually(lambda: sms.results.for_command(command_id), what="the reconciled result")
     assert isinstance(event.data, SmsSent)
-    assert (event.data.message_sid, event.data.delivery_status, event.data.to) == (
-        EXAMPLE_SID,
-        "sent",
-        EXAMPLE_TO,
-    )
+    assert (event.data.message_sid, event.data.delivery_status, event.data.to) == (sid, "delivered", to)
     assert (event.sequence, event.tenant) == (1, "tenant-sms-reconcile")
     assert registry.validate_envelope(event.to_jsonable(), topics.SMS_RESULTS) == []
     row = await row_of(sms, command_id)
@@ -90,26 +109,42 @@ async def test_an_abandoned_request_twilio_did_send_is_reported_sent_not_unknown
         row["result"],
         row["reconcile_at"],
         row["results_published"],
-    ) == (
-        "accepted",
-        EXAMPLE_SID,
-        "sent",
-        None,
-        1,
-    )
+    ) == ("accepted", sid, "sent", None, 1)
     # The lookup went through the SDK to Twilio's list endpoint, filtered as the contract allows
-    # (Prism validated it), and nothing was sent again.
-    [lookup] = await list_requests_to(sms, EXAMPLE_TO)
+    # (Prism validated it) from the claim minus the clock skew, and nothing was sent again.
+    [lookup] = await list_requests_to(sms, to)
     assert lookup["status"] == 200
-    assert (
-        "From=%2B15005550006" in lookup["query"] and "DateSent%3E=2019-05-24T17%3A42%3A45Z" in lookup["query"]
-    )
-    assert await sms.mock_requests(command_id) == []
+    assert isinstance(sms.settings, SmsSenderSettings)
+    skew = timedelta(seconds=sms.settings.reconcile_clock_skew_seconds)
+    since = (claimed_at - skew).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "From=%2B15005550006" in lookup["query"]
+    assert "DateSent%3E=" + since.replace(":", "%3A") in lookup["query"]
+    assert len(await create_requests_to(sms, to)) == 1  # ours, above: nothing resent
     await asyncio.sleep(1.0)
     assert len(sms.results.for_command(command_id)) == 1
 
 
+async def test_a_message_another_row_owns_is_not_taken(sms: Harness) -> None:
+    # Two requests with the same text to the same number: one was recorded with its sid, the other
+    # was abandoned. Twilio shows one message, which is the first row's: the second stays unknown.
+    to, body = "+14155550186", "Same words twice"
+    claimed_at = datetime.now(UTC)
+    sid = await create_at_twilio(sms, to, body)
+    await insert_row(
+        sms, to=to, body=body, status="accepted", twilio_sid=sid, result="sent", claimed_at=claimed_at
+    )
+    command_id = await insert_row(sms, to=to, body=body, claimed_at=claimed_at)
+
+    [event] = await eventually(lambda: sms.results.for_command(command_id), what="SmsFailed after the lookup")
+    assert isinstance(event.data, SmsFailed)
+    assert "Twilio's message list does not show it" in event.data.reason
+    assert [r["status"] for r in await list_requests_to(sms, to)] == [200]
+    assert (await row_of(sms, command_id))["twilio_sid"] is None
+
+
 async def test_an_abandoned_request_twilio_does_not_show_is_reported_unknown_once(sms: Harness) -> None:
+    # An SMS to that number exists at Twilio, but with another text: not this request's.
+    await create_at_twilio(sms, "+14155550189", "another text")
     command_id = await insert_row(sms, to="+14155550189")
 
     [event] = await eventually(lambda: sms.results.for_command(command_id), what="SmsFailed after the lookup")
@@ -193,7 +228,7 @@ async def test_a_row_another_replica_already_settled_is_left_alone(sms: Harness)
         result="sent",
         reconcile_at=datetime.now(UTC) + timedelta(hours=1),
     )
-    reconciler = Reconciler(sms.service.engine, make_client(sms.settings), sms.settings)  # type: ignore[arg-type]
+    reconciler = Reconciler(sms.service.engine, make_client(sms.settings), sms.settings)
     await reconciler.reconcile(await row_of(sms, command_id))
     row = await row_of(sms, command_id)
     assert (row["result"], row["reconcile_at"]) == ("sent", None)

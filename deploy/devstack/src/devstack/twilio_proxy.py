@@ -17,8 +17,12 @@ proxy adds it:
 * Twilio-shaped errors: a request Prism rejects as invalid (422) becomes Twilio's 400 JSON error
   (``code``, ``message``, ``more_info``, ``status``) with Prism's findings under ``validation``;
   wrong credentials get 401 code 20003;
+* the messages it created, as Twilio's Messages list (``GET .../Messages.json``, filtered by
+  ``To``, ``From``, ``DateSent``/``DateSent<``/``DateSent>``, paged) and fetch
+  (``GET .../Messages/{Sid}.json``) answer them (``devstack.twilio_messages``); those requests
+  still go through Prism first, so they are validated against the contract;
 * ``GET /__mock/requests`` (what Twilio was asked), ``GET /__mock/callbacks`` (what it sent back),
-  ``POST /__mock/reset``, ``GET /__mock/health``.
+  ``POST /__mock/reset`` (forgets requests, callbacks and messages), ``GET /__mock/health``.
 
 Callbacks are only sent to loopback hosts: nothing here may reach another machine.
 
@@ -40,6 +44,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -51,10 +56,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
+from devstack.twilio_messages import BadFilter, MessageStore, StoredMessage, list_page, twilio_date
+
 log = logging.getLogger("devstack.twilio_proxy")
 
 API_VERSION = "2010-04-01"
 MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
+MESSAGE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)\.json$")
 CALLS = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Calls\.json$")
 INVALID_NUMBER = "+15005550001"
 NOT_SMS_CAPABLE = "+15005550009"
@@ -75,6 +83,7 @@ class MockState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     callbacks: list[dict[str, Any]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    messages: MessageStore = field(default_factory=MessageStore)
 
 
 def new_sid(prefix: str) -> str:
@@ -236,32 +245,57 @@ def create_app(config: MockConfig) -> Starlette:
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
 
-    def message_callbacks(
-        account: str, sid: str, params: dict[str, Any]
-    ) -> list[tuple[str, str, dict[str, str]]]:
+    def deliver_message(message: StoredMessage, params: dict[str, Any]) -> None:
+        """Move the message to ``sent`` then ``delivered``, one step per ``callback_delay``, and post
+        each status to the request's StatusCallback (if any) once the resource shows it."""
         url = _first(params, "StatusCallback")
-        if not url:
-            return []
         method = (_first(params, "StatusCallbackMethod") or "POST").upper()
-        events = []
-        for status in ("sent", "delivered"):
-            events.append(
-                (
-                    url,
-                    method,
-                    {
-                        "MessageSid": sid,
-                        "SmsSid": sid,
-                        "AccountSid": account,
-                        "From": _first(params, "From") or "",
-                        "To": _first(params, "To") or "",
-                        "MessageStatus": status,
-                        "SmsStatus": status,
-                        "ApiVersion": API_VERSION,
-                    },
-                )
-            )
-        return events
+
+        async def run() -> None:
+            for status in ("sent", "delivered"):
+                await asyncio.sleep(config.callback_delay)
+                message.advance(status, datetime.now(UTC))
+                if url:
+                    await send_callback(
+                        url,
+                        method,
+                        {
+                            "MessageSid": message.sid,
+                            "SmsSid": message.sid,
+                            "AccountSid": str(message.resource["account_sid"]),
+                            "From": _first(params, "From") or "",
+                            "To": _first(params, "To") or "",
+                            "MessageStatus": status,
+                            "SmsStatus": status,
+                            "ApiVersion": API_VERSION,
+                        },
+                    )
+
+        task = asyncio.get_running_loop().create_task(run())
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+
+    def answer_from_store(request: Request, upstream: httpx.Response) -> Response | None:
+        """Twilio's answer to a message list or fetch Prism accepted, from the messages created;
+        None for any other request."""
+        if request.method != "GET" or upstream.status_code != 200:
+            return None
+        path = request.url.path
+        listing = MESSAGES.match(path)
+        if listing:
+            account = listing.group("account")
+            query = parse_qsl(request.url.query, keep_blank_values=True)
+            try:
+                return JSONResponse(list_page(state.messages.of_account(account), path, query))
+            except BadFilter as exc:
+                return twilio_error(400, 20001, f"Invalid list filter: {exc}")
+        single = MESSAGE.match(path)
+        if single:
+            found = state.messages.get(single.group("account"), single.group("sid"))
+            if found is None:
+                return twilio_error(404, 20404, f"The requested resource {path} was not found")
+            return JSONResponse(dict(found.resource))
+        return None
 
     def call_callbacks(
         account: str, sid: str, params: dict[str, Any]
@@ -340,6 +374,16 @@ def create_app(config: MockConfig) -> Starlette:
             response: Response = _validation_error(kind, upstream.json())
             record(request, params, response.status_code, None)
             return response
+        if upstream.status_code == 422 and request.method == "GET" and MESSAGES.match(path):
+            response = twilio_error(
+                400, 20001, "Invalid list request", validation=upstream.json().get("validation") or []
+            )
+            record(request, params, response.status_code, None)
+            return response
+        stored_answer = answer_from_store(request, upstream)
+        if stored_answer is not None:
+            record(request, params, stored_answer.status_code, None)
+            return stored_answer
         if not (match and kind and request.method == "POST" and upstream.status_code == 201):
             passthrough = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
             passthrough.pop("content-encoding", None)
@@ -362,6 +406,8 @@ def create_app(config: MockConfig) -> Starlette:
         now = formatdate(usegmt=True)
         if kind == "message":
             sid = new_sid("SM")
+            created = datetime.now(UTC)
+            now = twilio_date(created)
             resource.update(
                 {
                     "sid": sid,
@@ -383,7 +429,8 @@ def create_app(config: MockConfig) -> Starlette:
                     },
                 }
             )
-            events = message_callbacks(account, sid, params)
+            deliver_message(state.messages.add(resource, created), params)
+            events = []
         else:
             sid = new_sid("CA")
             resource.update(
@@ -420,6 +467,7 @@ def create_app(config: MockConfig) -> Starlette:
     async def reset(request: Request) -> Response:
         state.requests.clear()
         state.callbacks.clear()
+        state.messages.clear()
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
