@@ -121,3 +121,11 @@ def test_messages_move_to_sent_with_a_date_sent_and_fetch_is_per_account() -> No
     assert store.get("AC" + "b" * 32, stored.sid) is None
     store.clear()
     assert len(store) == 0
+
+
+def test_the_store_keeps_the_newest_messages_only() -> None:
+    store = MessageStore(max_messages=2)
+    for suffix in ("01", "02", "03"):
+        store.add({"sid": "SM" + suffix.rjust(32, "0"), "account_sid": ACCOUNT}, T0)
+    assert sids(list_page(store.of_account(ACCOUNT), PATH, [])) == ["03", "02"]
+    assert store.get(ACCOUNT, "SM" + "01".rjust(32, "0")) is None

@@ -177,15 +177,22 @@ def list_page(
     }
 
 
-class MessageStore:
-    """Every message the mock created, by sid, in creation order."""
+MAX_MESSAGES = 100_000
 
-    def __init__(self) -> None:
+
+class MessageStore:
+    """The messages the mock created, by sid, in creation order: the newest ``max_messages`` (a
+    benchmark sending through the mock must not grow its memory without bound)."""
+
+    def __init__(self, max_messages: int = MAX_MESSAGES) -> None:
         self._by_sid: dict[str, StoredMessage] = {}
+        self._max_messages = max_messages
 
     def add(self, resource: dict[str, Any], created: datetime) -> StoredMessage:
         stored = StoredMessage(resource=dict(resource), created=created)
         self._by_sid[stored.sid] = stored
+        while len(self._by_sid) > self._max_messages:
+            del self._by_sid[next(iter(self._by_sid))]  # dicts keep insertion order: the oldest
         return stored
 
     def get(self, account: str, sid: str) -> StoredMessage | None:
