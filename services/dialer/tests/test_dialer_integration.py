@@ -146,3 +146,14 @@ async def test_twiml_for_an_unknown_call_hangs_up_politely(dialer: Harness) -> N
     assert response.status_code == 200
     root = ET.fromstring(response.text)
     assert root.find("Dial") is None and root.find("Hangup") is not None
+
+
+async def test_the_shared_wiring_gives_the_dialer_no_own_loop_and_never_opens_the_identity_store(
+    dialer: Harness,
+) -> None:
+    # The dialer's SPEC adds no loop; the identity store is handed to its router but no route
+    # needs it, and the store connects on first use only: no pool connection was ever opened.
+    assert dialer.service.loops == []
+    assert len(dialer.service.background) == 3  # outbox relay, commands consumer, dispatcher
+    assert dialer.service.app.state.identity is dialer.service.identity
+    assert dialer.service.identity.engine.sync_engine.pool.checkedin() == 0

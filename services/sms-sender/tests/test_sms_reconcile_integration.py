@@ -238,3 +238,13 @@ async def test_a_row_another_replica_already_settled_is_left_alone(sms: Harness)
         )
     assert published == 0
     assert sms.results.for_command(command_id) == []
+
+
+async def test_the_shared_wiring_runs_the_reconciliation_loop_with_the_service(sms: Harness) -> None:
+    # The loop comes from SPEC.loops: started with the relay, consumer and dispatcher, and stopped
+    # before the engine is disposed.
+    [reconciler] = sms.service.loops
+    assert isinstance(reconciler, Reconciler)
+    assert reconciler.run in sms.service.background
+    shutdown = sms.service.on_shutdown
+    assert shutdown.index(reconciler.stop) < shutdown.index(sms.service.engine.dispose)
