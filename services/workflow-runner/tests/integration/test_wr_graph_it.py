@@ -345,6 +345,11 @@ async def test_reply_on_the_real_topic_stops_enrollments_whose_goals_include_it(
     stopping = await _enroll(admin, with_goal, contact["id"])
     staying = await _enroll(admin, without_goal, contact["id"])
     [awaited] = await _queued(wr, stopping["id"], 1)
+    # Another tenant's contact with the same number is not touched by this tenant's reply.
+    _, other_admin = await _tenant(wr)
+    other_workflow = await _workflow(other_admin, steps, goals=["replied"])
+    twin = await other_admin.post("/v1/contacts", json={"name": "Twin", "phone": contact["phone"]})
+    other = await _enroll(other_admin, other_workflow, twin.json()["id"])
 
     await _sms_in(wr, tenant, contact["phone"], "Yes, call me tomorrow")
     state = await eventually(
@@ -357,6 +362,7 @@ async def test_reply_on_the_real_topic_stops_enrollments_whose_goals_include_it(
     )
     assert cancel["tenant"] == tenant
     assert (await _state(admin, staying["id"]))["status"] == "waiting"
+    assert (await _state(other_admin, other["id"]))["status"] == "waiting"
 
 
 async def _stopped(admin: Any, enrollment_id: str) -> dict[str, Any] | None:
@@ -404,6 +410,24 @@ async def test_opt_out_through_the_directory_api_stops_in_the_same_request(
         "reason": "the contact was opted out or paused in the directory",
     }
     await eventually(lambda: commands.cancels_for(awaited["data"]["action_id"]), what="the CancelAction")
+
+
+async def test_import_that_opts_out_an_existing_contact_reaches_the_goal(wr: Harness) -> None:
+    _, admin = await _tenant(wr)
+    steps = [{"id": "call1", "type": "manual_call", "action_name": "Call"}]
+    workflow_id = await _workflow(admin, steps, goals=["opted_out"])
+    contact = await _contact(admin, external_id="crm-42")
+    enrollment = await _enroll(admin, workflow_id, contact["id"])
+    csv = f"external_id,name,phone,opted_out_sms\ncrm-42,Grace Hopper,{contact['phone']},true\n"
+    response = await admin.post(
+        "/v1/contacts/import",
+        content=csv.encode(),
+        headers={"content-type": "text/csv; charset=utf-8"},
+    )
+    assert response.status_code == 200, response.text
+    state = await _state(admin, enrollment["id"])
+    assert state["status"] == "stopped"
+    assert state["history"][-2]["detail"]["reason"] == "the contact was opted out or paused by an import"
 
 
 # --- publish validation and roles ----------------------------------------------------------------------
