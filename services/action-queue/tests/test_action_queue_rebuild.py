@@ -129,6 +129,13 @@ async def test_a_fresh_consumer_rebuilds_every_action_exactly(aq: Harness, tenan
     snoozed = await _ok(await tenant.agent.post(f"/v1/actions/{sms_ids[2]}/snooze",
                                                 json={"until": until, "reason": "after lunch"}))
     assert (snoozed["status"], snoozed["status_reason"]) == ("snoozed", "after lunch")
+    # reschedule: the snoozed one gets a due time; a call gets one and then loses it (as soon as possible)
+    due = (now + timedelta(days=1)).isoformat()
+    rescheduled = await _ok(await tenant.agent.post(f"/v1/actions/{sms_ids[2]}/reschedule",
+                                                    json={"due_at": due, "reason": "Thursday"}))
+    assert (rescheduled["status"], rescheduled["due_at"] is not None) == ("snoozed", True)
+    await _ok(await tenant.admin.post(f"/v1/actions/{call_ids[1]}/reschedule", json={"due_at": due}))
+    await _ok(await tenant.agent.post(f"/v1/actions/{call_ids[1]}/reschedule", json={"due_at": None}))
     skipped = await _ok(await tenant.agent.post(f"/v1/actions/{sms_ids[3]}/skip",
                                                 json={"reason": "duplicate"}))
     assert (skipped["status"], skipped["status_reason"]) == ("skipped", "duplicate")
@@ -175,6 +182,7 @@ async def test_a_fresh_consumer_rebuilds_every_action_exactly(aq: Harness, tenan
         ActionStatus.COMPLETED, ActionStatus.QUEUED, ActionStatus.SNOOZED, ActionStatus.SKIPPED,
         ActionStatus.SCHEDULED, ActionStatus.DELETED}
     assert stored[sms_ids[1]].last_error == "Carrier unreachable"
+    assert stored[sms_ids[2]].due_at == datetime.fromisoformat(due) and stored[call_ids[1]].due_at is None
     # and everything action-queue wrote validates against the registry
     await aq.recorder_caught_up()
     ours = [e for e in aq.recorder.envelopes(topics.ACTION_LIFECYCLE)
@@ -182,7 +190,7 @@ async def test_a_fresh_consumer_rebuilds_every_action_exactly(aq: Harness, tenan
     assert {e["type"] for e in ours} >= {
         "ActionReserved", "ActionReleased", "ActionSmsRequested", "ActionCompleted", "ActionRequeued",
         "ActionSnoozed", "ActionSkipped", "ActionReassigned", "ActionScheduled", "ActionCallRequested",
-        "ActionCallEnded", "ActionDeleted"}
+        "ActionCallEnded", "ActionDeleted", "ActionRescheduled"}
     for document in ours:
         assert registry.validate_envelope(document, topics.ACTION_LIFECYCLE) == [], document
 
@@ -195,6 +203,7 @@ async def test_transition_endpoints_deny_other_tenants(aq: Harness, tenant: Tena
         ("post", "lease", None), ("post", "release", None), ("post", "skip", {"reason": "x"}),
         ("post", "snooze", {"until": until}), ("post", "reassign", {"assignee_user_id": str(uuid.uuid4())}),
         ("post", "schedule-sms", {"send_at": until}), ("delete", "schedule", None),
+        ("post", "reschedule", {"due_at": until}),
     ]:
         url = f"/v1/actions/{action_id}/{path}"
         client = intruder.admin

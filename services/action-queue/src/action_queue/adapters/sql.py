@@ -45,6 +45,7 @@ _MUTABLE = (
     "message", "status", "reserved_by", "lease_expires_at", "last_error", "call_status", "outcome",
     "notes", "pending_command_id", "command_sequence", "completed_at", "version", "history",
     "snoozed_until", "send_at", "scheduled_by", "status_reason", "assignee_user_id",
+    "due_at",  # ActionRescheduled changes it; effective_due_at follows (a generated column)
 )
 
 
@@ -298,7 +299,7 @@ _SAVE_MANY_TYPES = {
     "pending_command_id": "uuid",
     "command_sequence": "int", "completed_at": "timestamptz", "version": "int", "history": "jsonb",
     "snoozed_until": "timestamptz", "send_at": "timestamptz", "scheduled_by": "uuid", "status_reason": "text",
-    "assignee_user_id": "uuid",
+    "assignee_user_id": "uuid", "due_at": "timestamptz",
 }
 assert set(_SAVE_MANY_TYPES) == set(_MUTABLE), "every mutable column needs its SQL type here"
 _SAVE_MANY = text(

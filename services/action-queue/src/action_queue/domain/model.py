@@ -46,6 +46,7 @@ from manual_actions.contracts.messages import (
     ActionReassigned,
     ActionReleased,
     ActionRequeued,
+    ActionRescheduled,
     ActionReserved,
     ActionScheduled,
     ActionSkipped,
@@ -68,7 +69,8 @@ MAX_SMS_ATTEMPTS = 3
 
 LifecycleEvent = (ActionCompleted | ActionDeleted | ActionReserved | ActionReleased | ActionSnoozed
                   | ActionScheduled | ActionRequeued | ActionSmsRequested | ActionCallRequested
-                  | ActionCallEnded | ActionSkipped | ActionReassigned | ActionExpired | ActionFailed)
+                  | ActionCallEnded | ActionSkipped | ActionReassigned | ActionExpired | ActionFailed
+                  | ActionRescheduled)
 
 
 class ActionStatus(StrEnum):
@@ -316,16 +318,38 @@ class ManualAction:
         return self._record(ActionSnoozed(**self._common(), until=until, reason=reason, snoozed_by=by,
                                           snoozed_at=now))
 
-    def reschedule(self, by: uuid.UUID | None, until: datetime, now: datetime, *,
-                   reason: str | None = None) -> ActionScheduled | ActionSnoozed:
-        """Move the action to ``until``: a scheduled SMS goes out then instead (ActionScheduled with
-        the same text, still on behalf of the person who scheduled it); any other idle action is
-        snoozed until then."""
+    def reschedule(self, due_at: datetime | None, by: uuid.UUID | None, reason: str | None,
+                   now: datetime) -> ActionRescheduled | None:
+        """Change when the action should be worked: its due time becomes ``due_at`` (None: as soon as
+        possible, i.e. due when it was queued), which moves it in the queue order. None when the due
+        time is that already (nothing to record).
+
+        Allowed while nobody is working the action (queued, reserved, snoozed, scheduled): these are
+        the statuses in which the due time still decides something — where the action stands in the
+        queue, or will stand once the reservation, snooze or schedule ends. The status, a reservation,
+        a snooze and a schedule's send time are left as they are: only the order changes, so a person
+        holding the action keeps it. Not while the SMS is sending or the call is under way (the work
+        has begun; a failed SMS comes back queued and can be rescheduled then) and not once the
+        action ended. Who may reschedule (the assignee, their manager, an admin) is the caller's
+        check; ``due_at`` must carry a UTC offset and may lie in the past (it then counts as overdue).
+        """
+        if self.status not in IDLE:
+            raise InvalidTransition(self.id, self.status, "reschedule")
+        if due_at is not None and due_at.tzinfo is None:
+            raise InvalidField("due_at", "due_at must carry a UTC offset")
+        if due_at == self.due_at:
+            return None
+        return self._record(ActionRescheduled(**self._common(), due_at=due_at, previous_due_at=self.due_at,
+                                              reason=reason, rescheduled_by=by, rescheduled_at=now))
+
+    def move_send_time(self, by: uuid.UUID | None, send_at: datetime, now: datetime) -> ActionScheduled:
+        """A scheduled SMS goes out at ``send_at`` instead (ActionScheduled with the same text and time
+        zone label UTC, still on behalf of the person who scheduled it); used by bulk reschedule."""
         if self.status is not ActionStatus.SCHEDULED:
-            return self.snooze(by, until, now, reason=reason)
-        if until.tzinfo is None or until <= now:
+            raise InvalidTransition(self.id, self.status, "move the send time of")
+        if send_at.tzinfo is None or send_at <= now:
             raise InvalidField("until", "until must be a future time with a UTC offset")
-        return self._record(ActionScheduled(**self._common(), send_at=until, timezone="UTC",
+        return self._record(ActionScheduled(**self._common(), send_at=send_at, timezone="UTC",
                                             body=self._sms_text(None), scheduled_by=self.scheduled_by,
                                             scheduled_at=now))
 
@@ -527,6 +551,12 @@ class ManualAction:
                        f"call ended: {event.call_status}")
             self.call_status = event.call_status
             self.pending_command_id = None
+        elif isinstance(event, ActionRescheduled):
+            # Only the order changes: status, reservation, snooze and schedule stay as they are.
+            due = event.due_at.isoformat() if event.due_at is not None else "as soon as possible"
+            why = f"due time changed to {due}" + (f": {event.reason}" if event.reason else "")
+            self._move(self.status, event.rescheduled_at, event.rescheduled_by, why)
+            self.due_at = event.due_at
         elif isinstance(event, ActionReassigned):
             to = ActionStatus.QUEUED if self.status is ActionStatus.RESERVED else self.status
             why = f"reassigned from {event.previous_assignee_user_id} to {event.assignee_user_id}"

@@ -47,6 +47,7 @@ from action_queue.entrypoints.schemas import (
     PlaceCallRequest,
     QuietHoursSetting,
     ReassignRequest,
+    RescheduleRequest,
     ScheduleSmsRequest,
     SendSmsRequest,
     SettingsBody,
@@ -353,6 +354,21 @@ async def snooze(action_id: uuid.UUID, payload: SnoozeRequest, actor: ActorDep,
     return ActionDetail.of(action)
 
 
+@router.post("/actions/{action_id}/reschedule", response_model=ActionDetail,
+             summary="Change when the action is due; it moves in the queue order")
+async def reschedule(action_id: uuid.UUID, payload: RescheduleRequest, actor: ActorDep,
+                     ctx: ContextDep) -> ActionDetail:
+    """Sets ``due_at`` (null: as soon as possible) and publishes ActionRescheduled; the status and any
+    reservation, snooze or scheduled send time stay. Agents on their own actions, managers on their
+    team's, admins on the tenant's (404 otherwise). 409 once the action ended or while its SMS or call
+    is under way; nothing is published when the due time is that already."""
+    due_at = _aware("body.due_at", payload.due_at)
+    with _as_problem():
+        action = await queue.reschedule(ctx.uow(), actor, action_id, due_at=due_at, reason=payload.reason,
+                                        now=ctx.clock())
+    return ActionDetail.of(action)
+
+
 @router.post("/actions/{action_id}/reassign", response_model=ActionDetail,
              summary="Move the action to another person's queue (managers and admins)")
 async def reassign(action_id: uuid.UUID, payload: ReassignRequest, actor: ActorDep,
@@ -402,8 +418,8 @@ def _bulk_view(request: BulkRequest) -> BulkRequestView:
 
 
 @router.post("/actions/bulk", response_model=BulkRequestView, status_code=202,
-             summary="Reassign, delete, snooze or reschedule every action matching a filter (managers: "
-                     "their team's; admins)",
+             summary="Reassign, delete, snooze or reschedule (set the due time of) every action matching "
+                     "a filter (managers: their team's; admins)",
              responses={200: {"description": "This request id was sent before: its request as it stands."}})
 async def bulk(payload: BulkRequestBody, actor: ActorDep, ctx: ContextDep,
                response: Response) -> BulkRequestView:

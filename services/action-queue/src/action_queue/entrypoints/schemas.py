@@ -142,8 +142,8 @@ class BulkRequestBody(BaseModel):
     filter: BulkFilter = Field(default_factory=BulkFilter)
     assignee_user_id: uuid.UUID | None = Field(default=None, description="reassign: the new assignee.")
     until: AwareDatetime | None = Field(
-        default=None, description="snooze: until when; reschedule: the new time (scheduled SMS are sent "
-                                  "then, other open actions are snoozed until then).")
+        default=None, description="snooze: until when; reschedule: the new due time (scheduled SMS are "
+                                  "sent then instead, other open actions are ordered by it).")
     reason: str | None = Field(default=None, max_length=500)
 
 
@@ -192,6 +192,15 @@ class SnoozeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     until: AwareDatetime = Field(description="When to offer the action again (with a UTC offset).")
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class RescheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    due_at: datetime | None = Field(
+        description="The new due time, with a UTC offset (may lie in the past: then it is overdue); null: "
+                    "as soon as possible (due when it was queued). Required: send null to clear it.")
     reason: str | None = Field(default=None, max_length=500)
 
 

@@ -10,6 +10,11 @@ its usual transition (one lifecycle event each), plus the new position. Chunks a
 transactions, so people keep working the queue meanwhile; an action someone holds a live
 reservation on, or that cannot take the change (e.g. sending), is counted as unchanged and left
 alone. A crash loses nothing and repeats nothing: the position commits with the chunk.
+
+Reschedule sets the due time of the matching open actions to ``until`` (ActionRescheduled, as the
+single endpoint does), so they move in the queue order; a scheduled SMS instead goes out at
+``until`` (a new ActionScheduled). Actions under way (sending, calling, awaiting an outcome), held
+by someone, or already due then are counted as unchanged.
 """
 
 from __future__ import annotations
@@ -85,7 +90,9 @@ def _change(request: BulkRequest, action: ManualAction, now: datetime) -> Payloa
             return action.delete(request.requested_by, reason=request.reason, now=now)
         assert request.until is not None
         if request.operation is BulkOperation.RESCHEDULE:
-            return action.reschedule(request.requested_by, request.until, now, reason=request.reason)
+            if action.status is ActionStatus.SCHEDULED:  # the SMS goes out at the new time instead
+                return action.move_send_time(request.requested_by, request.until, now)
+            return action.reschedule(request.until, request.requested_by, request.reason, now)
         return action.snooze(request.requested_by, request.until, now, reason=request.reason)
     except DomainError:
         return None

@@ -154,7 +154,7 @@ class BulkOperation(StrEnum):
     REASSIGN = "reassign"
     DELETE = "delete"
     SNOOZE = "snooze"
-    RESCHEDULE = "reschedule"  # scheduled SMS go out at ``until`` instead; other open actions snooze until it
+    RESCHEDULE = "reschedule"  # due time := ``until`` (ActionRescheduled); a scheduled SMS goes out then
 
 
 class BulkStatus(StrEnum):

@@ -1,4 +1,5 @@
-"""Use cases started by people over HTTP: list, look at, reserve, send, call, complete, delete.
+"""Use cases started by people over HTTP: list, look at, reserve, send, call, complete, delete,
+snooze, reschedule, reassign, schedule.
 
 Each runs in one unit of work: the status change and the messages it causes commit together.
 Visibility: an agent sees and acts only on actions assigned to them, a manager on those of their
@@ -334,6 +335,15 @@ async def snooze(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, until: 
                  reason: str | None, now: datetime) -> ManualAction:
     return await _change(uow, actor, action_id,
                          lambda a: [a.snooze(actor.user_id, until, now, reason=reason)])
+
+
+async def reschedule(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, due_at: datetime | None,
+                     reason: str | None, now: datetime) -> ManualAction:
+    """Change the action's due time (None: as soon as possible); ActionRescheduled with the next
+    sequence, nothing when the due time is that already. Agents on their own actions, managers on
+    their team's, admins on the tenant's (``_load`` answers 404 otherwise)."""
+    return await _change(uow, actor, action_id,
+                         lambda a: [a.reschedule(due_at, actor.user_id, reason, now)])
 
 
 async def reassign(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, *, to: uuid.UUID,
