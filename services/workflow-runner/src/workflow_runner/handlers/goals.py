@@ -86,6 +86,8 @@ async def stop_for_goals(
     awaited actions get a CancelAction. Returns the stopped enrollments' ids."""
     if not goals:
         return []
+    # Contact before enrollments: the lock order of every writer (a no-op when the caller holds it).
+    await uow.contacts.get(tenant, contact_id, for_update=True, include_deleted=True)
     running = [
         e
         for e in await uow.enrollments.list(

@@ -245,9 +245,11 @@ async def _action_finished(
     if not await uow.first_time_seen(INBOX_CONSUMER, event.message_id):
         log.info("duplicate event ignored", extra={"message_id": str(event.message_id)})
         return REDELIVERED, None
-    # Lock order everywhere: enrollment, then action (the timer loop locks timer rows first, but
-    # only ever waits for enrollments, never the other way round).
+    # Lock order everywhere: contact, enrollment, action (as enroll and a directory change that
+    # reaches a goal do), so two transactions never wait on each other in a cycle.
     found = await uow.actions.get(event.tenant, event.action_id)
+    if found is not None:
+        await uow.contacts.get(event.tenant, found.contact_id, for_update=True, include_deleted=True)
     enrollment_id = found.enrollment_id if found is not None else event.enrollment_id
     enrollment = (
         await uow.enrollments.get(event.tenant, enrollment_id, for_update=True) if enrollment_id else None

@@ -44,8 +44,12 @@ async def fire_due(
         if not timers:
             return 0
         crash_point(TIMER_AFTER_CLAIM)
-        # Same order in every batch, so two batches never wait on each other's enrollments in a cycle.
+        # Same order in every batch, so two batches never wait on each other's rows in a cycle.
         for timer in sorted(timers, key=lambda t: (t.tenant, str(t.enrollment_id), t.due_at)):
+            # Contact before enrollment, the lock order of every other writer (decision 0013).
+            peek = await uow.enrollments.get(timer.tenant, timer.enrollment_id)
+            if peek is not None:
+                await uow.contacts.get(timer.tenant, peek.contact_id, for_update=True, include_deleted=True)
             enrollment = await uow.enrollments.get(timer.tenant, timer.enrollment_id, for_update=True)
             if enrollment is None or enrollment.timer_id != timer.id or not enrollment.is_running:
                 stale += 1
