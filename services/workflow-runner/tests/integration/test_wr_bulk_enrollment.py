@@ -183,7 +183,7 @@ async def _progress_at_least(admin: httpx.AsyncClient, run_id: str, enrolled: in
             "skip_if_enrolled_ever",
             {"active": "skipped_active", "finished": "skipped_enrolled_before", "new": "enrolled"},
         ),
-        ("allow_reenrollment", {"active": "skipped_active", "finished": "enrolled", "new": "enrolled"}),
+        ("allow_reenrollment", {"active": "restarted", "finished": "enrolled", "new": "enrolled"}),
     ],
 )
 async def test_reenrollment_policies(wr: Harness, policy: str, expected: dict[str, str]) -> None:
@@ -228,7 +228,28 @@ async def test_reenrollment_policies(wr: Harness, policy: str, expected: dict[st
         unknown: "skipped_not_found",
     }
     assert run["skipped"]["skipped_not_found"] == 1
-    assert run["enrolled"] == list(expected.values()).count("enrolled")
+    assert run["enrolled"] == sum(1 for o in expected.values() if o in ("enrolled", "restarted"))
+    passes = (await admin.get("/v1/enrollments", params={"contact_id": active})).json()["items"]
+    if expected["active"] == "restarted":
+        # The running pass was stopped (its action cancelled) in the chunk that started the new one.
+        old, new = sorted(passes, key=lambda e: e["created_at"])
+        assert old["status"] == "stopped" and new["status"] == "waiting"
+        stop = old["history"][-1]
+        assert stop["event"] == "stopped" and run["id"] in stop["detail"]["reason"]
+        o = tables.outbox.c
+        async with wr.service.engine.connect() as conn:
+            cancels = (
+                (
+                    await conn.execute(
+                        select(o.value).where(o.tenant == tenant, o.value["type"].astext == "CancelAction")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert [c["data"]["action_id"] for c in cancels] == [stop["detail"]["cancelled_action_id"]]
+    else:
+        assert [e["status"] for e in passes] == ["waiting"]
     # Never two running enrollments of one contact in one workflow.
     e = tables.enrollments.c
     async with wr.service.engine.connect() as conn:

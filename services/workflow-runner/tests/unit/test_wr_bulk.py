@@ -57,7 +57,7 @@ def _run(total: int, drip: Drip | None = None) -> BulkRun:
         (Policy.SKIP_IF_ENROLLED_EVER, (True, True, True), Outcome.SKIPPED_ACTIVE),
         (Policy.SKIP_IF_ENROLLED_EVER, (True, False, False), Outcome.ENROLLED),
         (Policy.ALLOW_REENROLLMENT, (True, False, True), Outcome.ENROLLED),
-        (Policy.ALLOW_REENROLLMENT, (True, True, True), Outcome.SKIPPED_ACTIVE),
+        (Policy.ALLOW_REENROLLMENT, (True, True, True), Outcome.RESTARTED),
         (Policy.ALLOW_REENROLLMENT, (False, False, False), Outcome.SKIPPED_NOT_FOUND),
     ],
 )
@@ -69,7 +69,7 @@ def test_decide(policy: Policy, facts: tuple[bool, bool, bool], expected: Outcom
 def test_all_at_once_takes_full_chunks_and_is_done_after_the_last_target() -> None:
     run = _run(2500)
     assert run.chunk_size(1000) == 1000
-    run.advance(1000, {Outcome.ENROLLED: 990, Outcome.SKIPPED_ACTIVE: 10}, 1000, T0)
+    run.advance(1000, {Outcome.ENROLLED: 985, Outcome.RESTARTED: 5, Outcome.SKIPPED_ACTIVE: 10}, 1000, T0)
     assert run.next_due_at == T0 and run.status is RunStatus.RUNNING
     run.advance(2000, {Outcome.ENROLLED: 1000}, 1000, T0)
     run.advance(2500, {Outcome.ENROLLED: 500}, 500, T0 + timedelta(seconds=1))

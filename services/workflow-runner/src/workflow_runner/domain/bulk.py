@@ -9,10 +9,10 @@ Re-enrollment policies (a contact's earlier enrollments in the same workflow, an
 
 * ``skip_if_active`` (default): skip a contact that is still going through the workflow.
 * ``skip_if_enrolled_ever``: skip a contact that was ever enrolled in it.
-* ``allow_reenrollment``: contacts that went through it before enter again. A contact still going
-  through it is skipped all the same (``skipped_active``): one contact never runs through one
-  workflow twice at the same time (the database enforces it), and stopping a running enrollment
-  is a decision left to a person, not to a bulk request.
+* ``allow_reenrollment``: every contact enters; one still going through the workflow starts over
+  (``restarted``): its running enrollment is stopped (its pending action cancelled) in the same
+  transaction, since one contact never runs through one workflow twice at the same time (the
+  database enforces it).
 """
 
 from __future__ import annotations
@@ -53,9 +53,15 @@ class RunStatus(StrEnum):
 
 class Outcome(StrEnum):
     ENROLLED = "enrolled"
+    RESTARTED = "restarted"  # allow_reenrollment: its running enrollment stopped, a new one started
     SKIPPED_ACTIVE = "skipped_active"  # still going through the workflow
     SKIPPED_ENROLLED_BEFORE = "skipped_enrolled_before"  # policy skip_if_enrolled_ever
     SKIPPED_NOT_FOUND = "skipped_not_found"  # listed id unknown in the tenant, or deleted since
+
+    @property
+    def enters(self) -> bool:
+        """The contact gets a new enrollment (counted as enrolled)."""
+        return self in (Outcome.ENROLLED, Outcome.RESTARTED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ class BulkRun:
         """
         self.position = last_seq
         for outcome, count in outcomes.items():
-            if outcome is Outcome.ENROLLED:
+            if outcome.enters:
                 self.enrolled += count
             elif count:
                 self.skipped[outcome.value] = self.skipped.get(outcome.value, 0) + count
@@ -211,7 +217,7 @@ def decide(policy: Policy, *, exists: bool, running: bool, enrolled_before: bool
     if not exists:
         return Outcome.SKIPPED_NOT_FOUND
     if running:
-        return Outcome.SKIPPED_ACTIVE
+        return Outcome.RESTARTED if policy is Policy.ALLOW_REENROLLMENT else Outcome.SKIPPED_ACTIVE
     if enrolled_before and policy is Policy.SKIP_IF_ENROLLED_EVER:
         return Outcome.SKIPPED_ENROLLED_BEFORE
     return Outcome.ENROLLED

@@ -138,9 +138,8 @@ class BulkEnrollmentCreate(_Request):
     reenrollment: Literal["skip_if_enrolled_ever", "skip_if_active", "allow_reenrollment"] = Field(
         default="skip_if_active",
         description="skip_if_active: skip contacts still in the workflow; skip_if_enrolled_ever: skip "
-        "anyone ever enrolled in it; allow_reenrollment: contacts who finished it enter again (a "
-        "contact still in it is skipped all the same: one contact never runs through one workflow "
-        "twice at once).",
+        "anyone ever enrolled in it; allow_reenrollment: everyone enters, and a contact still in it "
+        "starts over (its running enrollment is stopped and its pending action cancelled).",
     )
 
 
@@ -162,7 +161,7 @@ class BulkEnrollmentView(BaseModel):
     total: int = Field(
         description="Contacts targeted (the filter's matches when accepted, or the ids listed)"
     )
-    enrolled: int
+    enrolled: int = Field(description="Contacts that got a new enrollment (including restarted ones)")
     skipped: dict[str, int] = Field(description="Skipped contacts per reason")
     skipped_total: int
     remaining: int
@@ -173,7 +172,7 @@ class BulkEnrollmentView(BaseModel):
 
     @classmethod
     def of(cls, run: BulkRun) -> BulkEnrollmentView:
-        skipped = {o.value: run.skipped.get(o.value, 0) for o in Outcome if o is not Outcome.ENROLLED}
+        skipped = {o.value: run.skipped.get(o.value, 0) for o in Outcome if not o.enters}
         return cls(
             id=run.id,
             request_id=run.request_id,
@@ -261,7 +260,9 @@ async def list_bulk_enrollment_contacts(
     principal: Supervisor,
     uow: Uow,
     outcome: Annotated[
-        Literal["enrolled", "skipped_active", "skipped_enrolled_before", "skipped_not_found"] | None, Query()
+        Literal["enrolled", "restarted", "skipped_active", "skipped_enrolled_before", "skipped_not_found"]
+        | None,
+        Query(),
     ] = None,
     after: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

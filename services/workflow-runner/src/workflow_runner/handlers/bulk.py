@@ -51,6 +51,7 @@ from workflow_runner.domain.steps import AssignUser, Step
 from workflow_runner.domain.workflows import WorkflowVersion
 from workflow_runner.handlers import handlers
 from workflow_runner.handlers.directory import contact_updated_documents
+from workflow_runner.handlers.goals import apply_effects
 from workflow_runner.handlers.ports import ContactFilter, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,17 @@ def _mark_bulk(enrollment: Enrollment, run: BulkRun) -> None:
     )
 
 
+async def _stop_running(uow: BulkUnitOfWork, run: BulkRun, contact_id: uuid.UUID, now: datetime) -> None:
+    """allow_reenrollment: stop the contact's running enrollment in the workflow (its pending
+    action cancelled through CancelAction), so that the new one can start in this transaction."""
+    running = await uow.enrollments.running_for(run.tenant, run.workflow_id, contact_id)
+    if running is None:  # cannot happen under the contact's row lock; nothing to stop then
+        return
+    stopped = runner.stop(running, now, reason=f"re-enrolled by bulk enrollment {run.id}")
+    await uow.enrollments.save(running)
+    await apply_effects(uow, stopped, now, causation_id=None)
+
+
 async def run_chunk(
     uow: BulkUnitOfWork,
     *,
@@ -355,6 +367,7 @@ async def run_chunk(
         outcomes: Counter[Outcome] = Counter()
         results: list[tuple[uuid.UUID, Outcome, uuid.UUID | None]] = []
         to_enroll: list[Contact] = []
+        restarted: set[uuid.UUID] = set()
         for target in targets:
             outcome = decide(
                 run.policy,
@@ -363,9 +376,11 @@ async def run_chunk(
                 enrolled_before=target.enrolled_before,
             )
             outcomes[outcome] += 1
-            if outcome is Outcome.ENROLLED:
+            if outcome.enters:
                 assert target.contact is not None
                 to_enroll.append(target.contact)
+                if outcome is Outcome.RESTARTED:
+                    restarted.add(target.contact_id)
             else:
                 results.append((target.contact_id, outcome, None))
         users_wanted = {u for s in steps if isinstance(s, AssignUser) for u in s.user_ids}
@@ -379,6 +394,8 @@ async def run_chunk(
         enrollments: list[Enrollment] = []
         actions: list[ManualAction] = []
         changed: list[Contact] = []
+        for contact_id in sorted(restarted):
+            await _stop_running(uow, run, contact_id, now)
         for contact in to_enroll:
             enrollment = Enrollment.start(
                 tenant=run.tenant,
@@ -399,7 +416,8 @@ async def run_chunk(
                 new_id=new_id,
             )
             result = runner.start(enrollment, ctx)
-            results.append((contact.id, Outcome.ENROLLED, enrollment.id))
+            outcome = Outcome.RESTARTED if contact.id in restarted else Outcome.ENROLLED
+            results.append((contact.id, outcome, enrollment.id))
             if not _fast_path(result):
                 # An effect the batch writer does not know (a timer, say): store this one the way a
                 # single enrollment is stored, in the same transaction.
