@@ -1,11 +1,14 @@
-"""The real workflow-runner process is SIGKILLed inside its timer loop; after a restart every
-enrollment moved on exactly once: no action duplicated, none lost.
+"""The real workflow-runner process is SIGKILLed inside its timer loop or its consumer; after a
+restart every enrollment moved on exactly once: no action duplicated, none lost.
 
 Crash points (``handlers.timers``): ``timer.after-claim`` (due timers locked, nothing changed: the
 restarted process must fire them) and ``timer.after-commit`` (the enrollments moved and their
 timers are marked fired: the restarted process must not fire them again; timers of the same
-tenant not in that batch are fired after the restart). The process runs on its own database
-and consumer group, so it shares nothing with the in-process harness or the end-to-end services.
+tenant not in that batch are fired after the restart). In the consumer: ``consumer.after-fetch``
+(the ActionCompleted was fetched, nothing written) and ``consumer.after-handler`` (the next action
+committed, the offset not: the event comes again and the inbox must make it a no-op). The process
+runs on its own database and consumer group, so it shares nothing with the in-process harness or
+the end-to-end services.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ import signal
 import socket
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select, update
 
 from devstack.processes import ServiceFailedToStart, ServiceProcesses
 from devstack.testing import eventually
 from manual_actions import faults
 from manual_actions.auth import IdentityStore, Role
-from manual_actions.contracts import topics
+from manual_actions.contracts import ActionCompleted, ActionType, Envelope, topics
 from manual_actions.db import create_engine
 from workflow_runner.adapters import tables
 from workflow_runner.handlers.timers import TIMER_AFTER_CLAIM, TIMER_AFTER_COMMIT
@@ -46,6 +51,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+GROUP = f"wr-timer-crash-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="module")
 def processes(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcesses]:
     run_dir = Path(tmp_path_factory.mktemp("wr-timer-crash"))
@@ -54,7 +62,7 @@ def processes(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         run_dir,
         ports={SERVICE: _free_port()},
         database_prefix=PREFIX,
-        extra_env={"CONSUMER_GROUP_ID": f"wr-timer-crash-{uuid.uuid4().hex[:8]}", "TIMER_INTERVAL_MS": "100"},
+        extra_env={"CONSUMER_GROUP_ID": GROUP, "TIMER_INTERVAL_MS": "100"},
     )
     try:
         started.start([SERVICE])
@@ -233,3 +241,99 @@ async def _complete(tail: TopicTail, kinds: dict[str, str]) -> list[dict[str, An
         and d.get("data", {}).get("enrollment_id") in kinds
     }
     return docs if len(found) >= wanted else None
+
+
+async def _caught_up(bootstrap: str, group: str) -> None:
+    """Wait until ``group`` committed every message written so far on the topics it has seen, so
+    a crash point is reached by the test's own event, not by a backlog."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await probe.start()
+    try:
+
+        async def done() -> bool:
+            committed = await admin.list_consumer_group_offsets(group)
+            ends = await probe.end_offsets(list(committed))
+            return bool(committed) and all(meta.offset >= ends[tp] for tp, meta in committed.items())
+
+        await eventually(done, what=f"consumer group {group} caught up", within=60)
+    finally:
+        await probe.stop()
+        await admin.close()
+
+
+@pytest.mark.parametrize("point", [faults.CONSUMER_AFTER_FETCH, faults.CONSUMER_AFTER_HANDLER])
+async def test_sigkill_in_the_consumer_moves_the_enrollment_exactly_once(
+    point: str, stack: Any, processes: ServiceProcesses
+) -> None:
+    token, tenant = await _admin_token(processes)
+    api = httpx.AsyncClient(
+        base_url=processes.url(SERVICE), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    steps = [
+        {"id": "sms1", "type": "manual_sms", "action_name": "Intro", "message": "Hi"},
+        {"id": "route", "type": "branch", "on": {"sms_sent": "call1", "default": "end"}},
+        {"id": "call1", "type": "manual_call", "action_name": "Follow-up call"},
+    ]
+    workflow = (await api.post("/v1/workflows", json={"name": "Consumer crash", "steps": steps})).json()
+    assert (await api.post(f"/v1/workflows/{workflow['id']}/publish")).status_code == 200
+    contact = (await api.post("/v1/contacts", json={"name": "Crash", "phone": "+14155557100"})).json()
+    enrollment = (
+        await api.post(f"/v1/workflows/{workflow['id']}/enrollments", json={"contact_id": contact["id"]})
+    ).json()
+    action_id = uuid.UUID(enrollment["waiting_action_id"])
+
+    await _caught_up(stack.kafka_bootstrap, GROUP)
+    processes.kill(SERVICE, signal.SIGTERM)
+    processes.start([SERVICE], env={faults.CRASH_AT_ENV: point})
+    completed = Envelope.wrap(
+        ActionCompleted(
+            action_id=action_id,
+            action_type=ActionType.SMS,
+            enrollment_id=uuid.UUID(enrollment["id"]),
+            step_id="sms1",
+            assignee_user_id=None,
+            outcome="sent",
+            completed_by=None,
+            completed_at=datetime.now(UTC),
+        ),
+        source="action-queue",
+        tenant=tenant,
+        subject=str(action_id),
+        sequence=2,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.ACTION_LIFECYCLE,
+            completed.to_json_bytes(),
+            key=completed.subject.encode(),
+            headers=completed.kafka_headers(),
+        )
+    finally:
+        await producer.stop()
+    assert processes.wait_exit(SERVICE) == -signal.SIGKILL, "the crash point was not reached"
+    processes.start([SERVICE])
+
+    async def at_the_call() -> dict[str, Any] | None:
+        state = (await api.get(f"/v1/enrollments/{enrollment['id']}")).json()
+        return state if state["current_step_id"] == "call1" else None
+
+    state = await eventually(at_the_call, what="the enrollment at the call after the restart", within=60)
+    await _caught_up(stack.kafka_bootstrap, GROUP)  # the redelivered event (after-handler) is handled
+    state = (await api.get(f"/v1/enrollments/{enrollment['id']}")).json()
+    assert [h["event"] for h in state["history"]].count("action_completed") == 1
+    engine = create_engine(processes.env_for(SERVICE)["DATABASE_URL"])
+    try:
+        async with engine.connect() as conn:
+            a = tables.manual_actions.c
+            queued = (
+                (await conn.execute(select(a.step_id).where(a.enrollment_id == uuid.UUID(enrollment["id"]))))
+                .scalars()
+                .all()
+            )
+    finally:
+        await engine.dispose()
+    assert sorted(queued) == ["call1", "sms1"]
