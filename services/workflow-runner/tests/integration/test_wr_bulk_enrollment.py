@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -15,6 +17,8 @@ from wr_harness import Harness, action_completed, eventually
 
 from manual_actions.auth import Role
 from workflow_runner.adapters import tables
+from workflow_runner.adapters.bulk_sql import SqlBulkUnitOfWork
+from workflow_runner.domain.bulk import Outcome
 
 pytestmark = pytest.mark.integration
 
@@ -375,3 +379,25 @@ async def test_roles_tenants_and_problems_on_every_endpoint(wr: Harness) -> None
         assert answer.json()["errors"][0]["field"] == field, (field, answer.json())
     missing = await admin.get(f"/v1/bulk-enrollments/{uuid.uuid4()}")
     assert missing.status_code == 404 and "bulk_enrollment_id" in missing.json()
+
+
+async def test_a_chunk_worked_twice_fails_instead_of_enrolling_twice(wr: Harness) -> None:
+    """The net under the position cursor: a contact's result row for a run is unique, so writing a
+    chunk again (as a bug in the cursor would) fails the transaction."""
+    tenant, admin = await _tenant(wr)
+    workflow_id = await _workflow(admin, await _agent(admin))
+    ids = await _contacts(admin, 1)
+    accepted = await admin.post(
+        f"/v1/workflows/{workflow_id}/bulk-enrollments",
+        json={"request_id": "net", "target": {"contact_ids": ids}},
+    )
+    await _done(admin, accepted.json()["id"])
+    uow = SqlBulkUnitOfWork(wr.service.engine)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with uow:
+            run = await uow.bulk.get(tenant, uuid.UUID(accepted.json()["id"]))
+            assert run is not None
+            await uow.bulk.store_chunk(
+                run, datetime.now(UTC), [], [], [(uuid.UUID(ids[0]), Outcome.ENROLLED, None)], []
+            )
+    assert await _count_enrollments(wr, tenant, workflow_id) == 1
