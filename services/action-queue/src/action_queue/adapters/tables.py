@@ -112,6 +112,9 @@ Index(
     manual_actions.c.id,
     postgresql_where=manual_actions.c.status.in_(["queued", "reserved", "snoozed"]),
 )
+# Listing sorted -priority: priority desc, then the queue order ascending (migration 0006).
+Index("ix_manual_actions_by_priority_desc", manual_actions.c.tenant_id, manual_actions.c.priority.desc(),
+      manual_actions.c.effective_due_at, manual_actions.c.queued_at, manual_actions.c.id)
 # Listing sorted by due time or by priority (keyset pagination within a tenant).
 Index("ix_manual_actions_by_due", manual_actions.c.tenant_id, manual_actions.c.effective_due_at,
       manual_actions.c.id)

@@ -7,6 +7,10 @@
   the planner then walked a whole tenant's actions by priority and filtered by assignee (17 ms
   with 2,000 actions in a tenant, growing with the tenant). On this partial index the first row
   that passes the filter is the answer; only reserved and snoozed rows ahead of it are skipped.
+* ``ix_manual_actions_by_priority_desc``: a list sorted ``-priority`` (priority desc, then the
+  queue order ascending) could use ``ix_manual_actions_by_priority`` only backwards, which gives
+  the ties in descending order: the whole top-priority group of the tenant was read and sorted for
+  a page of 50 (22.6 ms with 1,000,000 actions).
 
 Revision ID: 0006
 Revises: 0005
@@ -31,7 +35,13 @@ def upgrade() -> None:
         ["tenant_id", "assignee_user_id", sa.text("priority DESC"), "effective_due_at", "queued_at", "id"],
         postgresql_where=sa.text("status IN ('queued', 'reserved', 'snoozed')"),
     )
+    op.create_index(
+        "ix_manual_actions_by_priority_desc",
+        "manual_actions",
+        ["tenant_id", sa.text("priority DESC"), "effective_due_at", "queued_at", "id"],
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_manual_actions_by_priority_desc", "manual_actions")
     op.drop_index("ix_manual_actions_reservable", "manual_actions")

@@ -1,0 +1,200 @@
+"""Benchmark: materialisation throughput of action-queue, against a raw aiokafka consumer.
+
+    ./dev bench -k materialise
+
+Produces ``COUNT`` ActionQueued v2 envelopes (100 tenants, 10,000 assignees) to a fresh topic with
+a fast raw producer, then reads all of them twice in the same run:
+
+1. baseline: a raw ``AIOKafkaConsumer`` (no group, partitions assigned by hand) that decodes
+   nothing and only counts records;
+2. action-queue's real materialisation: the ``BatchConsumer`` with action-queue's batch handler
+   (decode, inbox dedupe, upserts into ``manual_actions``, commit, then offset commits), on a fresh
+   database and consumer group, with the service's own settings.
+
+Timing of (2) starts when the first batch reaches the handler (the group join before it is not
+materialisation work) and ends when the group's committed offsets cover every record; the
+database is then checked to hold exactly ``COUNT`` actions. Prints both rates and their ratio.
+``BENCH_MATERIALISE_COUNT`` changes the number of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from sqlalchemy import func, select
+
+from action_queue.adapters.tables import manual_actions
+from action_queue.entrypoints.consumer import batch_handler
+from action_queue.entrypoints.main import Settings, build_service
+from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope
+from manual_actions.kafka import BatchConsumer, Delivered, TopicSpec, ensure_topics
+
+COUNT = int(os.environ.get("BENCH_MATERIALISE_COUNT", "200000"))
+PARTITIONS = 6  # as manual-actions.action-lifecycle
+TENANTS = [f"bench-t{i:03d}" for i in range(100)]
+ASSIGNEES = [uuid.uuid4() for _ in range(10_000)]
+
+# Placeholders replaced per event, so 200,000 distinct, valid envelopes cost microseconds each
+# instead of a pydantic serialisation each.
+_AID, _ENR, _CID, _USR = (uuid.UUID(int=n) for n in range(1, 5))
+_TENANT = "bench-tenant-placeholder"
+
+
+def _templates() -> list[str]:
+    """JSON of real ActionQueued v2 envelopes (SMS and call, a few priorities) with placeholders."""
+    out = []
+    queued = datetime.now(UTC) - timedelta(hours=1)
+    template = "Hi {{contact.first_name}}, thanks!"
+    kinds = ((ActionType.SMS, 0), (ActionType.SMS, 5), (ActionType.CALL, 0), (ActionType.CALL, 9))
+    for kind, priority in kinds:
+        sms = kind is ActionType.SMS
+        payload = ActionQueued(
+            action_id=_AID, action_type=kind, action_name="Follow up", workflow_id=uuid.uuid4(),
+            workflow_version=3, workflow_name="Inbound leads", step_id="step1", enrollment_id=_ENR,
+            contact=ContactSnapshot(contact_id=_CID, name="Bench Contact", phone="+14155550100"),
+            assignee_user_id=_USR, message="Hi Bench, thanks!" if sms else None,
+            message_template=template if sms else None,
+            priority=priority, queued_at=queued, due_at=queued + timedelta(minutes=30))
+        envelope = Envelope.wrap(payload, source="workflow-runner", tenant=_TENANT, subject=str(_AID),
+                                 sequence=1)
+        text = envelope.model_dump_json().replace("%", "%%")
+        for placeholder, name in ((_AID, "aid"), (_ENR, "enr"), (_CID, "cid"), (_USR, "usr")):
+            text = text.replace(str(placeholder), f"%({name})s")
+        text = text.replace(str(envelope.id), "%(eid)s").replace(_TENANT, "%(tenant)s")
+        out.append(text)
+    return out
+
+
+def _events(count: int) -> list[tuple[bytes, bytes, str]]:
+    """(value, key, tenant) of ``count`` distinct ActionQueued envelopes."""
+    rnd = random.Random(7)
+    templates = _templates()
+    events = []
+    for _ in range(count):
+        action_id = uuid.uuid4()
+        tenant = rnd.choice(TENANTS)
+        value = rnd.choice(templates) % {"eid": uuid.uuid4(), "aid": action_id, "enr": uuid.uuid4(),
+                                         "cid": uuid.uuid4(), "usr": rnd.choice(ASSIGNEES), "tenant": tenant}
+        events.append((value.encode(), str(action_id).encode(), tenant))
+    return events
+
+
+async def _produce(bootstrap: str, topic: str, events: Sequence[tuple[bytes, bytes, str]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20,
+                                max_batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for value, key, tenant in events:
+            headers = [("type", b"ActionQueued"), ("version", b"2"), ("tenant", tenant.encode())]
+            pending.append(await producer.send(topic, value, key=key, headers=headers))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def _raw_consume(bootstrap: str, topic: str, count: int) -> float:
+    """Seconds a raw consumer needs to fetch ``count`` records (no decoding, no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_bytes=50 * 1024 * 1024,
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        seen = 0
+        started = time.perf_counter()
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            seen += sum(len(records) for records in batch.values())
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def _committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError as exc:  # the offsets topic or the coordinator is still starting
+        if not exc.retriable:
+            raise
+        return 0
+    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+
+async def test_materialisation_throughput(stack: Any) -> None:
+    topic = f"bench-aq-materialise-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(stack.kafka_bootstrap, topics=[TopicSpec(topic, partitions=PARTITIONS)])
+    started = time.perf_counter()
+    events = _events(COUNT)
+    generated = time.perf_counter() - started
+    produced = await _produce(stack.kafka_bootstrap, topic, events)
+    print(f"\n{COUNT} ActionQueued envelopes ({len(events[0][0])} bytes each) generated in {generated:.1f}s, "
+          f"produced in {produced:.1f}s ({COUNT / produced:,.0f}/s)")
+
+    raw_seconds = await _raw_consume(stack.kafka_bootstrap, topic, COUNT)
+    raw_rate = COUNT / raw_seconds
+
+    group = f"aq-bench-{uuid.uuid4().hex[:8]}"
+    settings = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap,
+                        database_url=stack.database_url(f"aq_bench_mat_{uuid.uuid4().hex[:8]}"),
+                        identity_database_url=stack.database_url("identity"), consumer_group_id=group)
+    service = await build_service(settings)
+    first_batch: list[float] = []
+    handle = batch_handler(service.uow)
+
+    async def timed(batch: Sequence[Delivered]) -> None:
+        if not first_batch:
+            first_batch.append(time.perf_counter())
+        await handle(batch)
+
+    # The service's own consumer settings and handler, on the bench topic.
+    dead_letters = await _dead_letter_producer(stack.kafka_bootstrap)
+    consumer = BatchConsumer(settings, group_id=group, topics=[topic], handler=timed, producer=dead_letters)
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        deadline = time.monotonic() + 900
+        while await _committed(admin, group) < COUNT:
+            assert not task.done(), task
+            assert time.monotonic() < deadline, "materialisation did not finish in 15 minutes"
+            await asyncio.sleep(0.05)
+        finished = time.perf_counter()
+        async with service.uow.engine.connect() as conn:
+            stored = (await conn.execute(select(func.count()).select_from(manual_actions))).scalar_one()
+        assert stored == COUNT, stored
+    finally:
+        await consumer.stop()
+        await asyncio.gather(task, return_exceptions=True)
+        await admin.close()
+        await dead_letters.stop()
+        for callback in service.on_shutdown:
+            await callback()
+    seconds = finished - first_batch[0]
+    rate = COUNT / seconds
+    print(f"raw aiokafka consumer (no decoding): {raw_seconds:.2f}s, {raw_rate:,.0f} records/s")
+    print(f"action-queue materialisation (batch {settings.consumer_batch_max_records}): {seconds:.2f}s, "
+          f"{rate:,.0f} actions/s; ratio to raw {rate / raw_rate:.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+async def _dead_letter_producer(bootstrap: str) -> AIOKafkaProducer:
+    # Nothing is expected to be dead-lettered here; the consumer needs a started producer anyway.
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    return producer
