@@ -220,6 +220,7 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
 
         async with engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
             for statement, (kind, parameters) in statements.items():
                 # EXPLAIN ANALYZE of Let's Start really locks a row: rolled back.
                 transaction = driver.transaction()
