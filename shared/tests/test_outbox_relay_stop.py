@@ -19,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from manual_actions.contracts import ActionDeleted, ActionType, Envelope, decode
 from manual_actions.db import create_engine, session_factory
 from manual_actions.kafka import TopicSpec, create_producer, ensure_topics
-from manual_actions.outbox import OutboxRelay, _wait_event, add_to_outbox, inbox_table, outbox_table
+from manual_actions.outbox import OutboxRelay, add_to_outbox, inbox_table, outbox_table
 from manual_actions.settings import ServiceSettings
+from manual_actions.waiting import wait_event
 
 
 async def test_wait_event_is_cancelled_even_when_the_event_is_set_in_the_same_moment() -> None:
     event = asyncio.Event()
-    waiter = asyncio.create_task(_wait_event(event, 60))
+    waiter = asyncio.create_task(wait_event(event, 60))
     await asyncio.sleep(0)  # the waiter is now waiting
     event.set()
     waiter.cancel()
@@ -36,9 +37,9 @@ async def test_wait_event_is_cancelled_even_when_the_event_is_set_in_the_same_mo
 async def test_wait_event_returns_on_the_event_or_after_the_time() -> None:
     event = asyncio.Event()
     async with asyncio.timeout(5):
-        await _wait_event(event, 0.01)  # times out quietly
+        await wait_event(event, 0.01)  # times out quietly
         asyncio.get_running_loop().call_later(0.01, event.set)
-        await _wait_event(event, 60)  # returns as soon as it is set
+        await wait_event(event, 60)  # returns as soon as it is set
 
 
 @pytest.fixture

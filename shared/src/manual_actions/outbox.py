@@ -29,7 +29,6 @@ row. The partial index on unpublished ids keeps the relay's query cheap however 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -66,6 +65,7 @@ from manual_actions.contracts import Envelope
 from manual_actions.db import advisory_lock_key, asyncpg_dsn
 from manual_actions.faults import crash_point
 from manual_actions.kafka import is_transient
+from manual_actions.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -202,19 +202,6 @@ async def prune_inbox(session: AsyncSession | AsyncConnection, older_than: timed
 # --- the relay -----------------------------------------------------------------------------------
 
 
-async def _wait_event(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set or ``seconds`` passed, whichever comes first.
-
-    Not ``asyncio.wait_for(event.wait(), ...)``: on Python 3.11, when the event is set in the same
-    loop iteration as the waiting task is cancelled (a NOTIFY arriving while the service stops),
-    ``wait_for`` returns normally and the cancellation is lost, so the relay's loop went on as if
-    nothing happened. ``asyncio.timeout`` only ever swallows the cancellation it caused itself.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-
-
 _SELECT_PENDING = """
     SELECT id, topic, key, value::text AS value, headers::text AS headers, created_at
     FROM outbox
@@ -343,7 +330,7 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, returning early on stop()."""
-        await _wait_event(self._stopping, seconds)
+        await wait_event(self._stopping, seconds)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
@@ -369,7 +356,7 @@ class OutboxRelay:
                 await self._maybe_prune(conn)
                 if self._stopping.is_set():
                     break
-                await _wait_event(self._wake, self._poll_interval_s)
+                await wait_event(self._wake, self._poll_interval_s)
         finally:
             if self._conn is conn:
                 self._conn = None

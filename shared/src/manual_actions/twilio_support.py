@@ -90,6 +90,7 @@ from manual_actions.runtime import start_core
 from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
 from manual_actions.twilio_http import RewritingTwilioHttpClient
+from manual_actions.waiting import wait_event
 
 logger = logging.getLogger("manual_actions.twilio")
 # The SDK logs eight INFO lines per request (URL, headers...); the dispatcher logs one line per
@@ -768,8 +769,7 @@ class Dispatcher:
 
     async def _sleep(self, seconds: float, *, wakeable: bool = True) -> None:
         event = self._wake if wakeable else self._stopping
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+        await wait_event(event, seconds)
         if wakeable and not self._stopping.is_set():
             self._wake.clear()
 
