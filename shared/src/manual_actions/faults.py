@@ -2,7 +2,9 @@
 
 A process started with ``MA_CRASH_AT=<point>`` kills itself with SIGKILL the first time it
 reaches ``crash_point(<point>)``: no cleanup, no flush, exactly like a power cut at that instant.
-Unset in production; the check is one dictionary lookup.
+Unset in production; the check is one dictionary lookup. The points of the shared plumbing are
+below; services name their own next to the code they interrupt (workflow-runner:
+``timer.after-claim``, ``timer.after-commit``, ``bulk.before-commit``, ``bulk.after-commit``).
 """
 
 from __future__ import annotations
