@@ -45,6 +45,7 @@ from manual_actions.contracts.dead_letters import dead_letter_headers
 from manual_actions.contracts.envelope import WIRE_REQUIRED_FIELDS
 from manual_actions.faults import crash_point
 from manual_actions.settings import ServiceSettings
+from manual_actions.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -745,8 +746,7 @@ class BatchConsumer:
             if remaining <= 0:
                 return
             await self._keep_membership()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=min(remaining, 1.0))
+            await wait_event(self._stopping, min(remaining, 1.0))
 
     async def _keep_membership(self) -> None:
         """Poll with every assigned partition paused: resets the max-poll-interval clock, fetches nothing."""
