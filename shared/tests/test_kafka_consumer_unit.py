@@ -82,8 +82,10 @@ class Harness:
         )
         self.task: asyncio.Task[None] | None = None
 
-    def produce(self, value: bytes | None, key: bytes | None = b"k") -> None:
-        self.broker.produce(TOPIC, value, key=key)
+    def produce(
+        self, value: bytes | None, key: bytes | None = b"k", headers: Sequence[tuple[str, bytes]] = ()
+    ) -> None:
+        self.broker.produce(TOPIC, value, key=key, headers=headers)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.consumer.run())
@@ -392,4 +394,28 @@ async def test_stop_during_a_retry_backoff_commits_only_the_prefix_already_done(
     assert calls == [[0, 1, 2], [0], [1]]
     # Offset 0 is done and committed; 1 and 2 are left for the next owner, nothing dead-lettered.
     assert harness.commits() == [("commit", TOPIC, 0, 1)]
+    assert harness.broker.records(DEAD_LETTERS) == []
+
+
+async def test_types_the_handler_does_not_act_on_are_passed_over_undecoded_and_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Delivered] = []
+
+    async def handler(batch: Sequence[Delivered]) -> None:
+        seen.extend(batch)
+
+    harness = Harness(monkeypatch, handler, handled_types={"ActionDeleted"})
+    wanted = envelope(1)
+    harness.produce(wanted.to_json_bytes(), headers=wanted.kafka_headers())
+    # a type this consumer ignores: not even decoded, so its broken body is not dead-lettered here
+    harness.produce(b"\x00not json", headers=[("type", b"ActionQueued"), ("version", b"2")])
+    without_headers = envelope(2)
+    harness.produce(without_headers.to_json_bytes())  # no type header: decoded as usual
+    harness.start()
+    await harness.until(lambda: harness.committed() == 3)
+    await harness.stop()
+
+    assert [d.envelope.id for d in seen] == [wanted.id, without_headers.id]
+    assert [d.offset for d in seen] == [0, 2]
     assert harness.broker.records(DEAD_LETTERS) == []

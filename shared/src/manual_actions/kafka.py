@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -380,6 +380,11 @@ class BatchConsumer:
     outside service from it: store a command and let a worker do the slow part).
 
     ``producer`` is started and stopped by the caller; it sends the dead letters.
+
+    ``handled_types``, when given, names the message types the handler acts on: a record whose
+    ``type`` header names another type is passed over without being decoded (and committed like the
+    rest), which spares a consumer of a busy shared topic from decoding what it would ignore. A
+    record without that header is decoded as usual (and dead-lettered if it cannot be).
     """
 
     def __init__(
@@ -396,6 +401,7 @@ class BatchConsumer:
         revoke_grace_s: float = 5.0,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        handled_types: Collection[str] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -410,6 +416,9 @@ class BatchConsumer:
         self._revoke_grace_s = revoke_grace_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
+        self._handled_types = (
+            None if handled_types is None else frozenset(t.encode() for t in handled_types)
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._inflight: _Batch | None = None
         self._rebalancing = False
@@ -523,6 +532,9 @@ class BatchConsumer:
         for tp, records in batch.records.items():
             metrics.CONSUMER_MESSAGES.labels(self._group_id, tp.topic).inc(len(records))
             for record in records:
+                if self._handled_types is not None and self._passed_over(record):
+                    batch.done.add((tp, record.offset))
+                    continue
                 try:
                     envelope = decode_record(record.value, record.headers)
                 except InvalidMessage as exc:
@@ -536,6 +548,14 @@ class BatchConsumer:
         crash_point(faults.CONSUMER_AFTER_HANDLER)
         await self._commit(batch, batch.next_offsets(only_done=False), retry=True)
         metrics.CONSUMER_BATCHES.labels(self._group_id).inc()
+
+    def _passed_over(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """True when the record's ``type`` header names a type the handler does not act on."""
+        assert self._handled_types is not None
+        for name, value in record.headers or ():
+            if name == "type":
+                return value not in self._handled_types
+        return False
 
     async def _call_handler(self, deliveries: Sequence[Delivered]) -> None:
         started = time.perf_counter()

@@ -91,3 +91,20 @@ def test_sms_received_becomes_a_reply_command() -> None:
         envelope.id,
     )
     assert to_command(Delivered(envelope=envelope, topic=topics.SMS_INBOUND, partition=0, offset=0)) is None
+
+
+def test_the_consumer_passes_over_exactly_the_types_it_would_ignore() -> None:
+    """HANDLED_TYPES (what the consumer decodes) must cover every type to_command/to_reply act on,
+    and nothing else: checked with the registry's example of every message type."""
+    import json
+
+    from manual_actions.contracts import decode, registry
+    from workflow_runner.entrypoints.consumer import HANDLED_TYPES
+
+    acted_on: set[str] = set()
+    for message_type, version in registry.message_types():
+        for document in registry.examples_for(message_type, version).values():
+            delivered = Delivered(decode(json.dumps(document).encode()), topics.ACTION_LIFECYCLE, 0, 0)
+            if to_command(delivered) is not None or to_reply(delivered) is not None:
+                acted_on.add(message_type)
+    assert acted_on == HANDLED_TYPES

@@ -28,6 +28,12 @@ from workflow_runner.handlers.ports import UnitOfWorkFactory
 
 GROUP_ID = "workflow-runner"
 TOPICS = (topics.ACTION_LIFECYCLE, topics.SMS_INBOUND)
+# What the handler acts on; the rest of the lifecycle topic (our own ActionQueued and every
+# intermediate transition, most of its traffic) is passed over by the consumer without decoding.
+HANDLED_TYPES = frozenset(
+    m.message_type
+    for m in (ActionCompleted, ActionDeleted, ActionSkipped, ActionExpired, ActionFailed, SmsReceived)
+)
 
 
 def to_command(delivered: Delivered) -> ActionFinished | None:

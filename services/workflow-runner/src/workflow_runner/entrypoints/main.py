@@ -21,7 +21,7 @@ from workflow_runner.adapters import migrations
 from workflow_runner.adapters.bulk_sql import SqlBulkUnitOfWorkFactory
 from workflow_runner.adapters.sql import SqlUnitOfWorkFactory
 from workflow_runner.entrypoints import bulk
-from workflow_runner.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
+from workflow_runner.entrypoints.consumer import GROUP_ID, HANDLED_TYPES, TOPICS, batch_handler
 from workflow_runner.entrypoints.http import build_app
 from workflow_runner.entrypoints.import_pool import PooledValidator
 from workflow_runner.entrypoints.timers import TimerLoop
@@ -66,6 +66,7 @@ async def build_service(settings: Settings) -> Service:
         topics=TOPICS,
         handler=batch_handler(uow),
         producer=producer,
+        handled_types=HANDLED_TYPES,
     )
     validator = PooledValidator()
     app = build_app(uow, identity, engine, validate_import=validator)
