@@ -9,11 +9,13 @@ write the same rows.
 from __future__ import annotations
 
 import json
+import operator
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
@@ -105,7 +107,9 @@ def _progress(run: BulkRun) -> dict[str, Any]:
 
 
 def _jsonb(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    """JSON text for a jsonb column. orjson: the standard library's encoder was a tenth of a chunk's
+    CPU time (the column stores the parsed value, so the spelling of the text does not matter)."""
+    return orjson.dumps(value).decode()
 
 
 ENROLLMENT_COLUMNS = (
@@ -125,6 +129,7 @@ ENROLLMENT_COLUMNS = (
     ),
 )
 ACTION_COLUMNS = ("tenant_id", "id", "action_type", "status", *sql._ACTION_FIELDS)
+_action_fields = operator.attrgetter(*sql._ACTION_FIELDS)
 HISTORY_COLUMNS = ("tenant_id", "enrollment_id", "step_id", "at", "event", "detail")
 RESULT_COLUMNS = ("tenant_id", "run_id", "contact_id", "outcome", "enrollment_id", "at")
 
@@ -190,7 +195,7 @@ def outbox_records(topic: str, documents: Sequence[dict[str, Any]]) -> list[tupl
                 d["tenant"],
                 topic,
                 d["subject"],
-                json.dumps(d, separators=(",", ":")),
+                _jsonb(d),
                 text_headers,
             )
         )
@@ -361,14 +366,7 @@ class SqlBulkRepository(sql._Repository):
                 "manual_actions",
                 columns=ACTION_COLUMNS,
                 records=[
-                    (
-                        a.tenant,
-                        a.id,
-                        a.action_type.value,
-                        a.status.value,
-                        *(getattr(a, f) for f in sql._ACTION_FIELDS),
-                    )
-                    for a in actions
+                    (a.tenant, a.id, a.action_type.value, a.status.value, *_action_fields(a)) for a in actions
                 ],
             )
         await driver.copy_records_to_table(

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import operator
 import os
 import time
 import uuid
@@ -250,19 +251,36 @@ _PER_ACTION = (
 _SHARED = tuple(f.name for f in dataclasses.fields(ManualAction) if f.name not in _PER_ACTION)
 
 
+_shared_key = operator.attrgetter(*_SHARED)
+
+# The bits ``uuid.UUID(..., version=4)`` sets: RFC 4122 variant and version 4.
+_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_V4_SET = (0x8000 << 48) | (4 << 76)
+
+
+def _uuid_of(value: int) -> uuid.UUID:
+    """``uuid.UUID(int=value)`` without its argument checks (``value`` is a valid 128-bit int),
+    which cost more than the rest of making an id; the same two slots ``UUID.__init__`` sets."""
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", uuid.SafeUUID.unknown)
+    return made
+
+
 def random_ids(batch: int = 4096) -> Callable[[], uuid.UUID]:
     """A source of random (version 4) UUIDs like ``uuid.uuid4``, reading the system's random bytes
     for ``batch`` ids at a time: one ``os.urandom`` call per id costs more than the rest of an
     enrollment's id handling on a loaded machine."""
-    buffer = b""
-    position = 0
+    values: list[int] = []
 
     def new_id() -> uuid.UUID:
-        nonlocal buffer, position
-        if position >= len(buffer):
-            buffer, position = os.urandom(16 * batch), 0
-        position += 16
-        return uuid.UUID(bytes=buffer[position - 16 : position], version=4)
+        if not values:
+            buffer = os.urandom(16 * batch)
+            values.extend(
+                (int.from_bytes(buffer[i : i + 16], "big") & _V4_CLEAR) | _V4_SET
+                for i in range(0, len(buffer), 16)
+            )
+        return _uuid_of(values.pop())
 
     return new_id
 
@@ -282,7 +300,7 @@ class ActionQueuedDocuments:
         self._new_id = new_id
 
     def __call__(self, action: ManualAction) -> dict[str, Any]:
-        key = tuple(getattr(action, name) for name in _SHARED)
+        key = _shared_key(action)
         cached = self._templates.get(key)
         if cached is None:
             document = handlers.action_queued(action).to_jsonable()
