@@ -3,6 +3,7 @@ what the single-enrollment path publishes."""
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from datetime import timedelta
 
@@ -153,3 +154,9 @@ def test_random_ids_are_distinct_version_4_uuids() -> None:
     ids = [new_id() for _ in range(100)]  # crosses the buffer refill many times
     assert len(set(ids)) == 100
     assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    # Made without UUID.__init__: each must behave exactly like the UUID parsed from its text
+    # (equality, hash, bytes, pickling), as the database driver and the envelopes rely on it.
+    for made in ids:
+        parsed = uuid.UUID(str(made))
+        assert made == parsed and hash(made) == hash(parsed) and made.bytes == parsed.bytes
+        assert pickle.loads(pickle.dumps(made)) == parsed and made.is_safe is uuid.SafeUUID.unknown
