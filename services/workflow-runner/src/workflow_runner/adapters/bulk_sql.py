@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, func, insert, literal, select, text, update
+from sqlalchemy import func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 
@@ -38,28 +38,6 @@ from workflow_runner.domain.people import Contact
 from workflow_runner.handlers.ports import ContactFilter
 
 RUNNING = (EnrollmentStatus.ACTIVE.value, EnrollmentStatus.WAITING.value)
-
-
-def contact_conditions(tenant: str, f: ContactFilter) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of a contact listing (``GET /v1/contacts``) for ``f``."""
-    c = t.contacts.c
-    conditions: list[ColumnElement[bool]] = [c.tenant_id == tenant, c.deleted_at.is_(None)]
-    if f.tag is not None:
-        conditions.append(c.tags.contains([f.tag]))
-    if f.owner_user_id is not None:
-        conditions.append(c.owner_user_id == f.owner_user_id)
-    if f.unassigned is not None:
-        conditions.append(c.owner_user_id.is_(None) if f.unassigned else c.owner_user_id.is_not(None))
-    if f.phone is not None:
-        conditions.append(c.phone == f.phone)
-    if f.email is not None:
-        conditions.append(func.lower(c.email) == f.email.lower())
-    if f.external_id is not None:
-        conditions.append(c.external_id == f.external_id)
-    if f.name_contains is not None:
-        escaped = f.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        conditions.append(c.name.ilike(f"%{escaped}%"))
-    return conditions
 
 
 def _run(row: RowMapping) -> BulkRun:
@@ -257,7 +235,7 @@ class SqlBulkRepository(sql._Repository):
                 literal(run.id),
                 func.row_number().over(order_by=(c.created_at, c.id)),
                 c.id,
-            ).where(*contact_conditions(run.tenant, filters or ContactFilter()))
+            ).where(*sql.contact_conditions(run.tenant, filters or ContactFilter()))
             result = await self._conn.execute(
                 insert(t.bulk_enrollment_targets).from_select(
                     ["tenant_id", "run_id", "seq", "contact_id"], numbered

@@ -344,6 +344,29 @@ def _copy_record(columns: Sequence[str], contact: Contact) -> tuple[Any, ...]:
     return tuple(values[name] for name in columns)
 
 
+def contact_conditions(tenant: str, f: ContactFilter) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a contact listing (``GET /v1/contacts``) for ``f``."""
+    c = t.contacts.c
+    conditions: list[ColumnElement[bool]] = [c.tenant_id == tenant, c.deleted_at.is_(None)]
+    if f.tag is not None:
+        conditions.append(c.tags.contains([f.tag]))
+    if f.owner_user_id is not None:
+        conditions.append(c.owner_user_id == f.owner_user_id)
+    if f.unassigned is not None:
+        conditions.append(c.owner_user_id.is_(None) if f.unassigned else c.owner_user_id.is_not(None))
+    if f.phone is not None:
+        conditions.append(c.phone == f.phone)
+    if f.email is not None:
+        conditions.append(func.lower(c.email) == f.email.lower())
+    if f.external_id is not None:
+        conditions.append(c.external_id == f.external_id)
+    if f.name_contains is not None:
+        escaped = f.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(c.name.ilike(f"%{escaped}%"))
+    return conditions
+
+
+
 class SqlContactRepository(_Repository):
     async def add(self, contact: Contact) -> None:
         await self._conn.execute(
@@ -422,23 +445,7 @@ class SqlContactRepository(_Repository):
         self, tenant: str, *, limit: int, after: Cursor | None = None, filters: ContactFilter | None = None
     ) -> Sequence[Contact]:
         c = t.contacts.c
-        f = filters or ContactFilter()
-        conditions: list[ColumnElement[bool]] = [c.tenant_id == tenant, c.deleted_at.is_(None)]
-        if f.tag is not None:
-            conditions.append(c.tags.contains([f.tag]))
-        if f.owner_user_id is not None:
-            conditions.append(c.owner_user_id == f.owner_user_id)
-        if f.unassigned is not None:
-            conditions.append(c.owner_user_id.is_(None) if f.unassigned else c.owner_user_id.is_not(None))
-        if f.phone is not None:
-            conditions.append(c.phone == f.phone)
-        if f.email is not None:
-            conditions.append(func.lower(c.email) == f.email.lower())
-        if f.external_id is not None:
-            conditions.append(c.external_id == f.external_id)
-        if f.name_contains is not None:
-            escaped = f.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conditions.append(c.name.ilike(f"%{escaped}%"))
+        conditions = contact_conditions(tenant, filters or ContactFilter())
         rows = await self._all(
             select(t.contacts)
             .where(*conditions, *_after(t.contacts, after))
