@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import REGISTRY
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -357,3 +358,78 @@ async def test_first_time_seen_dedupes_per_consumer_even_across_concurrent_trans
         rows = (await conn.execute(text("SELECT consumer, processed_at FROM inbox"))).all()
     assert {r.consumer for r in rows} == {"action-queue", "dashboard", "dialer"}
     assert all(r.processed_at is not None for r in rows)
+
+
+async def test_relay_task_cancelled_as_a_notify_arrives_stops(
+    engine: AsyncEngine, producer: AIOKafkaProducer
+) -> None:
+    relay = OutboxRelay(engine, producer, poll_interval_ms=60_000)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(30):
+            while not relay.is_active:  # noqa: ASYNC110 - waiting for the advisory lock
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # past its first look at the outbox, waiting for NOTIFY
+        relay._on_notify()  # what asyncpg calls for a NOTIFY on the channel
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert task in done, "the relay ignored its cancellation"
+        assert task.cancelled()
+        assert not relay.is_active
+    finally:
+        if not task.done():
+            await relay.stop()
+            await task
+
+
+async def test_relay_batches_keep_each_key_on_its_partition_in_order(
+    stack: Any, engine: AsyncEngine, producer: AIOKafkaProducer
+) -> None:
+    """The relay builds its own record batches: every record must land on the partition ``send()``
+    would have chosen for its key, and one key's records must keep their outbox order."""
+    topic = f"test.relay-batches-{uuid.uuid4().hex[:10]}"
+    await ensure_topics(stack.kafka_bootstrap, topics=[TopicSpec(topic, partitions=3)])
+    subjects = [str(uuid.uuid4()) for _ in range(25)]
+    staged: list[Envelope[Any]] = []
+    padding = "x" * 1500  # ~2 KB records: the 2,000 of them need several 512 KiB batches
+    for n in range(2000):
+        payload = ActionDeleted(
+            action_id=uuid.uuid4(),
+            action_type=ActionType.SMS,
+            enrollment_id=uuid.uuid4(),
+            step_id=f"s{n}",
+            assignee_user_id=None,
+            deleted_by=None,
+            reason=padding,
+            deleted_at=datetime.now(UTC),
+        )
+        staged.append(
+            Envelope.wrap(payload, source="test", tenant="t", subject=subjects[n % 25], sequence=n // 25 + 1)
+        )
+    async with session_factory(engine)() as session, session.begin():
+        for e in staged:
+            await add_to_outbox(session, topic, e)
+
+    assert await OutboxRelay(engine, producer, batch_size=1000).publish_pending() == 2000
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(3)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        records: list[Any] = []
+        async with asyncio.timeout(30):
+            while len(records) < 2000:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+    finally:
+        await consumer.stop()
+    assert len(records) == 2000
+    expected_partition = DefaultPartitioner()
+    for record in records:
+        assert record.partition == expected_partition(record.key, [0, 1, 2], [0, 1, 2])
+    order = {e.id: i for i, e in enumerate(staged)}
+    for subject in subjects:
+        mine = [order[decode(r.value).id] for r in records if r.key == subject.encode()]
+        assert mine == sorted(mine) and len(mine) == 80
