@@ -11,16 +11,17 @@ import json
 import random
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 from twilio_harness import Harness, eventually
 
+from devstack.testing import recording
 from manual_actions.auth import IdentityStore
 from manual_actions.contracts import registry, topics
 from manual_actions.db import create_engine
@@ -36,14 +37,11 @@ OUR_NUMBER = "+15005550006"
 class InboundReader:
     """Every record on sms-inbound since the topic's beginning: its key and its raw JSON value."""
 
-    consumer: AIOKafkaConsumer
-    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    raw: list[ConsumerRecord[bytes, bytes]]
 
-    async def run(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
-            for records in batch.values():
-                self.records.extend((r.key.decode(), json.loads(r.value)) for r in records)
+    @property
+    def records(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(r.key.decode(), json.loads(r.value)) for r in list(self.raw) if r.key and r.value]
 
     def for_sid(self, sid: str) -> list[tuple[str, dict[str, Any]]]:
         return [(k, v) for k, v in self.records if v.get("data", {}).get("message_sid") == sid]
@@ -51,22 +49,8 @@ class InboundReader:
 
 @pytest.fixture(scope="module")
 async def inbound(stack: Any) -> AsyncIterator[InboundReader]:
-    consumer = AIOKafkaConsumer(
-        topics.SMS_INBOUND,
-        bootstrap_servers=stack.kafka_bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    reader = InboundReader(consumer)
-    task = asyncio.create_task(reader.run())
-    try:
-        yield reader
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await consumer.stop()
+    async with recording(stack.kafka_bootstrap, topics.SMS_INBOUND) as raw:
+        yield InboundReader(raw)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from sqlalchemy import select
 from wr_harness import Harness, action_completed, action_deleted, eventually
 
+from devstack.testing import recording
 from manual_actions.auth import Role
 from manual_actions.contracts import Envelope, topics
 from manual_actions.contracts.messages import (
@@ -51,28 +52,10 @@ class Commands:
 
 @pytest.fixture(scope="module")
 async def commands(wr: Harness) -> AsyncIterator[Commands]:
-    recorder = Commands()
-    reader = AIOKafkaConsumer(
-        topics.ACTION_COMMANDS,
-        bootstrap_servers=wr.bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await reader.start()
-
-    async def record() -> None:
-        while True:
-            batch = await reader.getmany(timeout_ms=100)
-            for records in batch.values():
-                recorder.records.extend(records)
-
-    task = asyncio.create_task(record())
-    try:
+    async with recording(wr.bootstrap, topics.ACTION_COMMANDS) as records:
+        recorder = Commands()
+        recorder.records = records
         yield recorder
-    finally:
-        task.cancel()
-        await reader.stop()
 
 
 async def _tenant(wr: Harness) -> tuple[str, Any]:
