@@ -14,12 +14,14 @@ a fast raw producer, then reads all of them twice in the same run:
 Timing of (2) starts when the first batch reaches the handler (the group join before it is not
 materialisation work) and ends when the group's committed offsets cover every record; the
 database is then checked to hold exactly ``COUNT`` actions. Prints both rates and their ratio.
-``BENCH_MATERIALISE_COUNT`` changes the number of events.
+``BENCH_MATERIALISE_COUNT`` changes the number of events; ``BENCH_PROFILE=<file>`` writes a
+cProfile of the materialisation phase (the whole process: consumer loop, decoding, handler) there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import os
 import random
 import time
@@ -167,6 +169,10 @@ async def test_materialisation_throughput(stack: Any) -> None:
     consumer = BatchConsumer(settings, group_id=group, topics=[topic], handler=timed, producer=dead_letters)
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
+    profile_path = os.environ.get("BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile_path else None
+    if profiler:
+        profiler.enable()
     task = asyncio.create_task(consumer.run())
     try:
         deadline = time.monotonic() + 900
@@ -175,6 +181,9 @@ async def test_materialisation_throughput(stack: Any) -> None:
             assert time.monotonic() < deadline, "materialisation did not finish in 15 minutes"
             await asyncio.sleep(0.05)
         finished = time.perf_counter()
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
         async with service.uow.engine.connect() as conn:
             stored = (await conn.execute(select(func.count()).select_from(manual_actions))).scalar_one()
         assert stored == COUNT, stored

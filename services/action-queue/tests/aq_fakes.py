@@ -13,7 +13,15 @@ from typing import Any, Self
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.checks import ContactState
 from action_queue.domain.people import QueueSettings, UserState
-from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, BulkRequest, BulkStatus, Cursor, Sort
+from action_queue.handlers.ports import (
+    DEFAULT_SORT,
+    ActionFilter,
+    BulkRequest,
+    BulkStatus,
+    Cursor,
+    NewAction,
+    Sort,
+)
 from manual_actions.contracts import ActionType, Envelope
 
 
@@ -38,8 +46,9 @@ class FakeRepository:
         action = self._store.get(action_id)
         return action.tenant if action else None
 
-    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
-        return {action.id for action in actions if await self.add_if_absent(action)}
+    async def add_queued_if_absent(self, actions: Sequence[NewAction]) -> set[uuid.UUID]:
+        return {a.event.action_id for a in actions
+                if await self.add_if_absent(ManualAction.from_queued(a.tenant, a.event, a.sequence))}
 
     async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         return {i: self._store[i].tenant for i in action_ids if i in self._store}

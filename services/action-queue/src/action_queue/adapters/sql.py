@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -13,11 +12,11 @@ from typing import Any, Self
 
 import pydantic_core
 from sqlalchemy import Select, Uuid, and_, func, or_, select, text, tuple_
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
 
+from action_queue.adapters import materialise_sql
 from action_queue.adapters.tables import bulk_requests as b
 from action_queue.adapters.tables import contacts as c
 from action_queue.adapters.tables import manual_actions as t
@@ -35,6 +34,7 @@ from action_queue.handlers.ports import (
     BulkRequest,
     BulkStatus,
     Cursor,
+    NewAction,
     Sort,
 )
 from manual_actions import outbox as outbox_plumbing
@@ -156,18 +156,8 @@ class SqlActionRepository:
         result = await self._conn.execute(select(t.c.tenant_id).where(t.c.id == action_id))
         return result.scalar_one_or_none()
 
-    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
-        # Materialisation's hot path: one INSERT ... SELECT FROM jsonb_to_recordset for the whole
-        # batch. The rows travel as one JSON text that PostgreSQL unpacks (on its own CPU); binding
-        # one array per column costs more on our side (asyncpg checks every array element).
-        if not actions:
-            return set()
-        rows = [_row(action) for action in actions]
-        statement = _insert_many_statement(tuple(rows[0]))
-        # pydantic-core's serialiser writes UUIDs and datetimes natively (json.dumps calls back
-        # into Python for each of them).
-        result = await self._conn.execute(statement, {"rows": pydantic_core.to_json(rows).decode()})
-        return set(result.scalars().all())
+    async def add_queued_if_absent(self, actions: Sequence[NewAction]) -> set[uuid.UUID]:
+        return await materialise_sql.insert_queued(self._conn, actions)
 
     async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         result = await self._conn.execute(select(t.c.id, t.c.tenant_id).where(t.c.id.in_(list(action_ids))))
@@ -270,19 +260,6 @@ class SqlActionRepository:
         result = await self._conn.execute(_SAVE_MANY, {"rows": json.dumps(rows, default=_json_default)})
         if result.rowcount != len(actions):
             raise LookupError(f"{len(actions) - result.rowcount} manual actions vanished while saving")
-
-
-@functools.cache
-def _insert_many_statement(names: tuple[str, ...]) -> Any:
-    """``INSERT INTO manual_actions (<names>) SELECT ... FROM jsonb_to_recordset(:rows) ON CONFLICT
-    (id) DO NOTHING RETURNING id``, with each column's SQL type from the table."""
-    dialect = postgresql.dialect()
-    record = ", ".join(f"{name} {t.c[name].type.compile(dialect=dialect)}" for name in names)
-    return text(
-        f"INSERT INTO manual_actions ({', '.join(names)}) SELECT {', '.join(names)} "
-        f"FROM jsonb_to_recordset(CAST(CAST(:rows AS text) AS jsonb)) AS v({record}) "
-        "ON CONFLICT (id) DO NOTHING RETURNING id"
-    ).columns(id=t.c.id.type)
 
 
 def _json_default(value: object) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from action_queue import metrics
 from action_queue.domain import DomainError, ManualAction, StaleResult
 from action_queue.domain.checks import ContactState
-from action_queue.handlers.ports import UnitOfWork
+from action_queue.handlers.ports import NewAction, UnitOfWork
 from action_queue.handlers.publishing import SOURCE, publish
 from manual_actions.contracts import (
     ActionQueued,
@@ -50,7 +50,7 @@ async def apply_batch(uow: UnitOfWork, envelopes: Iterable[Envelope[Any]]) -> No
     envelopes = list(envelopes)
     queued = [e for e in envelopes if isinstance(e.data, ActionQueued)]
     async with uow:
-        if len(queued) > 1:
+        if queued:
             await materialise_queued(uow, queued)
             envelopes = [e for e in envelopes if not isinstance(e.data, ActionQueued)]
         for envelope in envelopes:
@@ -59,23 +59,21 @@ async def apply_batch(uow: UnitOfWork, envelopes: Iterable[Envelope[Any]]) -> No
 
 
 async def materialise_queued(uow: UnitOfWork, envelopes: Sequence[Envelope[ActionQueued]]) -> None:
-    """What ``apply`` does for each ActionQueued, for many at once inside the caller's unit of work:
-    one inbox statement, one insert of the new actions, and one lookup only if some action already
-    existed (a producer retry with a new envelope id), whose tenant must be the envelope's."""
-    fresh = await uow.first_time_seen_many(CONSUMER, [e.id for e in envelopes])
-    todo: list[Envelope[ActionQueued]] = []
-    for envelope in envelopes:
-        if envelope.id in fresh:
-            fresh.discard(envelope.id)  # a second copy of it in the same batch is a redelivery
-            todo.append(envelope)
-        else:
-            metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="redelivered").inc()
+    """Materialise each ActionQueued inside the caller's unit of work: one insert of the actions not
+    stored yet, and one lookup only if some already existed, whose tenant must be the envelope's.
+
+    No inbox row: the action id is the idempotency key. A redelivered ActionQueued, or a second one
+    for the same action (a producer retry with a new envelope id), finds its action stored and
+    changes nothing, whatever happened to the action since: its sequence cannot exceed the
+    stored version.
+    """
     first: dict[uuid.UUID, Envelope[ActionQueued]] = {}
-    for envelope in todo:
+    for envelope in envelopes:
         first.setdefault(envelope.data.action_id, envelope)
-    inserted = await uow.actions.add_many_if_absent(
-        [ManualAction.from_queued(e.tenant, e.data, e.sequence) for e in first.values()])
-    duplicates = [e for e in todo if e.data.action_id not in inserted or first[e.data.action_id] is not e]
+    inserted = await uow.actions.add_queued_if_absent(
+        [NewAction(e.tenant, e.data, e.sequence) for e in first.values()])
+    duplicates = [e for e in envelopes
+                  if e.data.action_id not in inserted or first[e.data.action_id] is not e]
     if inserted:
         metrics.EVENTS_APPLIED.labels(type=ActionQueued.message_type).inc(len(inserted))
     if not duplicates:
@@ -99,23 +97,15 @@ async def apply(uow: UnitOfWork, envelope: Envelope[Any]) -> None:
         raise UnprocessableMessage(
             f"action-queue does not accept {envelope.type} from {envelope.source}: it is the only "
             "writer of an action's transitions after ActionQueued")
-    if not await uow.first_time_seen(CONSUMER, envelope.id):
+    if handler is not on_action_queued and not await uow.first_time_seen(CONSUMER, envelope.id):
         metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="redelivered").inc()
         return
     await handler(uow, envelope)
 
 
 async def on_action_queued(uow: UnitOfWork, envelope: Envelope[ActionQueued]) -> None:
-    """Materialise the action. A second ActionQueued for the same action (a producer retry with a
-    new envelope id) is ignored: its sequence cannot exceed the stored version."""
-    action = ManualAction.from_queued(envelope.tenant, envelope.data, envelope.sequence)
-    if await uow.actions.add_if_absent(action):
-        metrics.EVENTS_APPLIED.labels(type=envelope.type).inc()
-        return
-    owner = await uow.actions.tenant_of(action.id)
-    if owner != envelope.tenant:
-        raise UnprocessableMessage(f"action {action.id} already belongs to another tenant")
-    metrics.EVENTS_IGNORED.labels(type=envelope.type, reason="duplicate_action").inc()
+    """Materialise the action (see ``materialise_queued``)."""
+    await materialise_queued(uow, [envelope])
 
 
 async def _load_for_result(uow: UnitOfWork, envelope: Envelope[Any]) -> ManualAction:

@@ -12,12 +12,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 from action_queue.domain import ActionStatus, ManualAction
 from action_queue.domain.checks import ContactState
 from action_queue.domain.people import QueueSettings, UserState
-from manual_actions.contracts import ActionType, Envelope
+from manual_actions.contracts import ActionQueued, ActionType, Envelope
+
+
+class NewAction(NamedTuple):
+    """One ActionQueued to materialise: its tenant, payload and envelope sequence."""
+
+    tenant: str
+    event: ActionQueued
+    sequence: int
 
 
 @dataclass(frozen=True)
@@ -211,8 +219,9 @@ class ActionRepository(Protocol):
     async def tenant_of(self, action_id: uuid.UUID) -> str | None:
         """The tenant owning ``action_id`` (whatever the caller's tenant), None if unknown."""
 
-    async def add_many_if_absent(self, actions: Sequence[ManualAction]) -> set[uuid.UUID]:
-        """Insert those of ``actions`` (distinct ids) whose id does not exist yet; the ids inserted."""
+    async def add_queued_if_absent(self, actions: Sequence[NewAction]) -> set[uuid.UUID]:
+        """Materialise those of ``actions`` (distinct ids) whose id does not exist yet, each as
+        ``ManualAction.from_queued`` describes it; the ids inserted."""
 
     async def tenants_of(self, action_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
         """The owning tenant of each known id of ``action_ids`` (unknown ids are left out)."""
