@@ -14,8 +14,10 @@ a fast raw producer, then reads all of them twice in the same run:
 Timing of (2) starts when the first batch reaches the handler (the group join before it is not
 materialisation work) and ends when the group's committed offsets cover every record; the
 database is then checked to hold exactly ``COUNT`` actions. Prints both rates and their ratio.
-``BENCH_MATERIALISE_COUNT`` changes the number of events; ``BENCH_PROFILE=<file>`` writes a
-cProfile of the materialisation phase (the whole process: consumer loop, decoding, handler) there.
+``BENCH_MATERIALISE_COUNT`` changes the number of events; ``BENCH_MATERIALISE_PROCESSES=N`` runs
+N consumers of the group, as N replicas of action-queue would (N-1 of them in child processes
+started before the timing, so the group's first rebalance is part of it); ``BENCH_PROFILE=<file>``
+writes a cProfile of the materialisation phase of this process (consumer loop, decoding, handler).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import asyncio
 import cProfile
 import os
 import random
+import signal
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -42,6 +46,7 @@ from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, 
 from manual_actions.kafka import BatchConsumer, Delivered, TopicSpec, ensure_topics
 
 COUNT = int(os.environ.get("BENCH_MATERIALISE_COUNT", "200000"))
+PROCESSES = int(os.environ.get("BENCH_MATERIALISE_PROCESSES", "1"))
 PARTITIONS = 6  # as manual-actions.action-lifecycle
 TENANTS = [f"bench-t{i:03d}" for i in range(100)]
 ASSIGNEES = [uuid.uuid4() for _ in range(10_000)]
@@ -156,6 +161,7 @@ async def test_materialisation_throughput(stack: Any) -> None:
                         database_url=stack.database_url(f"aq_bench_mat_{uuid.uuid4().hex[:8]}"),
                         identity_database_url=stack.database_url("identity"), consumer_group_id=group)
     service = await build_service(settings)
+    replicas = [await _start_replica(settings, topic) for _ in range(PROCESSES - 1)]
     first_batch: list[float] = []
     handle = batch_handler(service.uow)
 
@@ -192,12 +198,16 @@ async def test_materialisation_throughput(stack: Any) -> None:
         await asyncio.gather(task, return_exceptions=True)
         await admin.close()
         await dead_letters.stop()
+        for replica in replicas:
+            replica.send_signal(signal.SIGTERM)
+            await replica.wait()
         for callback in service.on_shutdown:
             await callback()
     seconds = finished - first_batch[0]
     rate = COUNT / seconds
     print(f"raw aiokafka consumer (no decoding): {raw_seconds:.2f}s, {raw_rate:,.0f} records/s")
-    print(f"action-queue materialisation (batch {settings.consumer_batch_max_records}): {seconds:.2f}s, "
+    print(f"action-queue materialisation (batch {settings.consumer_batch_max_records}, {PROCESSES} consumer "
+          f"process(es)): {seconds:.2f}s, "
           f"{rate:,.0f} actions/s; ratio to raw {rate / raw_rate:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
@@ -207,3 +217,39 @@ async def _dead_letter_producer(bootstrap: str) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     return producer
+
+
+async def _start_replica(settings: Settings, topic: str) -> asyncio.subprocess.Process:
+    """A child process consuming ``topic`` in the same group with the same settings; returns once
+    its service is built (it prints ``ready``)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, topic, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+             "DATABASE_URL": settings.database_url, "IDENTITY_DATABASE_URL": settings.identity_database_url,
+             "CONSUMER_GROUP_ID": settings.consumer_group_id})
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
+    assert line.strip() == b"ready", line
+    return child
+
+
+async def _replica(topic: str) -> None:
+    settings = Settings()
+    service = await build_service(settings)
+    dead_letters = await _dead_letter_producer(settings.kafka_bootstrap_servers)
+    consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=[topic],
+                             handler=batch_handler(service.uow), producer=dead_letters)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    task = asyncio.create_task(consumer.run())
+    print("ready", flush=True)
+    await stopping.wait()
+    await consumer.stop()
+    await task
+    await dead_letters.stop()
+    for callback in service.on_shutdown:
+        await callback()
+
+
+if __name__ == "__main__":
+    asyncio.run(_replica(sys.argv[1]))
