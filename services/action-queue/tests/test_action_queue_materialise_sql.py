@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {"command_sequence": 0}
 def test_the_fast_row_is_the_domain_row(kind: ActionType, timed: bool) -> None:
     event = action_queued(assignee=uuid.uuid4(), action_type=kind, priority=7)
     if timed:
-        event = event.model_copy(update={"due_at": T0 + timedelta(hours=2), "expires_at": T0 + timedelta(days=1)})
+        event = event.model_copy(update={"due_at": T0 + timedelta(hours=2),
+                                         "expires_at": T0 + timedelta(days=1)})
     domain_row = _row(ManualAction.from_queued(TENANT, event, 3))
     fast_row = dict(zip(QUEUED_COLUMNS, queued_record(NewAction(TENANT, event, 3)), strict=True))
     fast_row["history"] = orjson.loads(fast_row["history"])
