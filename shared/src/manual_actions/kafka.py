@@ -314,10 +314,7 @@ class _Abandon(Exception):
 class _Item:
     record: ConsumerRecord[bytes, bytes]
     delivered: Delivered
-
-    @property
-    def tp(self) -> TopicPartition:
-        return TopicPartition(self.record.topic, self.record.partition)
+    tp: TopicPartition  # the record's, shared by the items of one partition
 
 
 @dataclass
@@ -542,7 +539,7 @@ class BatchConsumer:
                     await self._dead_letter(batch, record, exc.reason, reason_class="invalid")
                     continue
                 delivered = Delivered(envelope, record.topic, record.partition, record.offset)
-                items.append(_Item(record, delivered))
+                items.append(_Item(record, delivered, tp))
         if items:
             await self._handle(batch, items)
         crash_point(faults.CONSUMER_AFTER_HANDLER)
