@@ -6,6 +6,7 @@ Each test gets its own database (the relay's advisory lock is per database) and 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,9 +21,20 @@ from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manual_actions.contracts import ActionDeleted, ActionType, Envelope, decode
+from manual_actions.contracts.messages import ActionSkipped
 from manual_actions.db import create_engine, session_factory
 from manual_actions.kafka import TopicSpec, create_producer, ensure_topics
-from manual_actions.outbox import OutboxRelay, add_to_outbox, first_time_seen, inbox_table, outbox_table
+from manual_actions.outbox import (
+    OUTBOX_COPY_COLUMNS,
+    OutboxRelay,
+    add_batch_to_outbox,
+    add_to_outbox,
+    batch_record,
+    first_time_seen,
+    inbox_table,
+    notify_outbox,
+    outbox_table,
+)
 from manual_actions.settings import ServiceSettings
 
 pytestmark = pytest.mark.integration
@@ -433,3 +445,98 @@ async def test_relay_batches_keep_each_key_on_its_partition_in_order(
     for subject in subjects:
         mine = [order[decode(r.value).id] for r in records if r.key == subject.encode()]
         assert mine == sorted(mine) and len(mine) == 80
+
+
+async def test_batch_rows_publish_every_envelope_in_order_and_are_marked_once(
+    stack: Any, engine: AsyncEngine, producer: AIOKafkaProducer, topic: str
+) -> None:
+    """Rows carrying many envelopes (``add_batch_to_outbox``, ``batch_record`` through COPY) among
+    single rows: each envelope goes out as its own record with its key and headers, in staging
+    order; the relay's batch size counts envelopes (a larger row goes alone), and each row is
+    marked once."""
+    single = [envelope(i) for i in range(2)]
+    batched = [envelope(10 + i) for i in range(7)]
+    other_type = [_other_type(20 + i) for i in range(2)]
+    copied = [envelope(30 + i) for i in range(4)]
+    async with session_factory(engine)() as session, session.begin():
+        await add_to_outbox(session, topic, single[0])
+        # Two runs of headers: two rows, order kept.
+        await add_batch_to_outbox(session, topic, [*batched, *other_type])
+        await add_to_outbox(session, topic, single[1])
+    async with engine.begin() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        headers = [(name, text.decode()) for name, text in copied[0].kafka_headers()]
+        await driver.copy_records_to_table(
+            "outbox",
+            columns=OUTBOX_COPY_COLUMNS,
+            records=[
+                batch_record(
+                    topic, "t-outbox", headers, [(e.subject, json.dumps(e.to_jsonable())) for e in copied]
+                )
+            ],
+        )
+        await notify_outbox(conn)
+    assert await count(engine, "true") == 5
+    before = REGISTRY.get_sample_value("manual_actions_outbox_published_total", {"topic": topic}) or 0
+
+    spy = SpyProducer(producer)
+    # Batch size 3: the 7-envelope row goes alone, the 2-envelope row with the single after it.
+    assert await OutboxRelay(engine, spy, batch_size=3).publish_pending() == 15  # type: ignore[arg-type]
+    assert spy.sent == 15
+    assert await count(engine, "published_at IS NULL") == 0
+    after = REGISTRY.get_sample_value("manual_actions_outbox_published_total", {"topic": topic})
+    assert after == before + 15
+
+    staged = [single[0], *batched, *other_type, single[1], *copied]
+    records = await read_topic(stack, topic)
+    assert [decode(r.value) for r in records] == staged
+    for record, sent in zip(records, staged, strict=True):
+        assert record.key == sent.subject.encode()
+        assert list(record.headers) == sent.kafka_headers()
+    # The relay with its own record batches (the real producer) publishes them the same way.
+    again = [envelope(40 + i) for i in range(3)]
+    async with session_factory(engine)() as session, session.begin():
+        await add_batch_to_outbox(session, topic, again)
+    assert await OutboxRelay(engine, producer).publish_pending() == 3
+    assert [decode(r.value) for r in await read_topic(stack, topic)][len(staged) :] == again
+
+
+async def test_an_unacknowledged_batch_row_stays_pending_whole(
+    engine: AsyncEngine, producer: AIOKafkaProducer, topic: str
+) -> None:
+    async with session_factory(engine)() as session, session.begin():
+        await add_batch_to_outbox(session, topic, [envelope(i) for i in range(4)])
+
+    class OneUnacknowledged:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[Any]:
+            self.sent += 1
+            ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            if self.sent == 3:
+                ack.set_exception(KafkaTimeoutError())
+            else:
+                ack.set_result(None)
+            return ack
+
+    with pytest.raises(KafkaTimeoutError):
+        await OutboxRelay(engine, OneUnacknowledged()).publish_pending()  # type: ignore[arg-type]
+    assert await count(engine, "published_at IS NULL") == 1
+    assert await OutboxRelay(engine, producer).publish_pending() == 4
+
+
+def _other_type(n: int) -> Envelope[Any]:
+    """An envelope whose headers differ from ``envelope``'s (another type)."""
+    payload = ActionSkipped(
+        action_id=uuid.uuid4(),
+        action_type=ActionType.SMS,
+        assignee_user_id=None,
+        reason="test",
+        skipped_by=uuid.uuid4(),
+        skipped_at=datetime.now(UTC),
+    )
+    return Envelope.wrap(
+        payload, source="test", tenant="t-outbox", subject=str(payload.action_id), sequence=n
+    )

@@ -1,15 +1,18 @@
-"""Bulk enrollment rules (``domain.bulk``) and the batch ActionQueued documents, which must equal
-what the single-enrollment path publishes."""
+"""Bulk enrollment rules (``domain.bulk``), the batch ActionQueued documents and the lean path's
+rows, which must equal what the single-enrollment path stores and publishes."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from wr_factories import T0, TENANT, call, contact, published_workflow, sms, user
+from wr_factories import T0, TENANT, assign, call, contact, published_workflow, sms, user
 
+from workflow_runner.adapters.bulk_sql import RowFormat
 from workflow_runner.domain import runner
 from workflow_runner.domain.bulk import (
     BulkRun,
@@ -25,7 +28,7 @@ from workflow_runner.domain.bulk import (
 from workflow_runner.domain.enrollments import Enrollment
 from workflow_runner.domain.errors import InvalidField
 from workflow_runner.handlers import handlers
-from workflow_runner.handlers.bulk import ActionQueuedDocuments, random_ids
+from workflow_runner.handlers.bulk import ActionQueuedDocuments, LeanChunk, _mark_bulk, lean_step, random_ids
 
 
 def _run(total: int, drip: Drip | None = None) -> BulkRun:
@@ -160,3 +163,118 @@ def test_random_ids_are_distinct_version_4_uuids() -> None:
         parsed = uuid.UUID(str(made))
         assert made == parsed and hash(made) == hash(parsed) and made.bytes == parsed.bytes
         assert pickle.loads(pickle.dumps(made)) == parsed and made.is_safe is uuid.SafeUUID.unknown
+
+
+def _regular(
+    workflow: Any, run: BulkRun, person: Any, users: dict[uuid.UUID, Any], ids: list[uuid.UUID]
+) -> Any:
+    """What the regular path stores for one contact: enrollment, history, action rows and the
+    ActionQueued document (ids taken from ``ids`` in the order the lean path takes them)."""
+    version = workflow.published
+    taken = iter(ids)
+    enrollment = Enrollment.start(
+        tenant=TENANT,
+        contact_id=person.id,
+        workflow_id=workflow.id,
+        workflow_version=version.number,
+        now=T0,
+        enrollment_id=next(taken),
+    )
+    _mark_bulk(enrollment, run)
+    ctx = runner.RunContext(
+        workflow_name=workflow.name,
+        version=version,
+        contact=person,
+        users=users,
+        round_robin={},
+        now=T0,
+        new_id=lambda: next(taken),
+    )
+    action = runner.start(enrollment, ctx).action
+    assert action is not None
+    rows = RowFormat()
+    document = handlers.action_queued(action).to_jsonable()
+    return rows.enrollment(enrollment), rows.history(enrollment), rows.action(action), document
+
+
+def _parsed(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row)
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [sms("s1")],
+        [
+            sms(
+                "s1",
+                message="{{contact.name}}/{{contact.last_name}}/{{contact.phone}}/{{contact.email}}/{{user.first_name}}",
+            )
+        ],
+        [sms("s1", message="Hi {{contact.custom.plan}} {{ contact.first_name }}")],
+        [call("c1", notes="Ask {{contact.first_name}} about it")],
+        [call("c1")],
+    ],
+)
+def test_lean_rows_equal_the_regular_path(specs: list[dict[str, object]]) -> None:
+    """Every contact's rows and event from the lean path equal the regular path's, whatever in the
+    contact differs: owner or none, no phone, one-word name, explicit names, email, custom fields."""
+    agent, other = user(), user(name="Bob", phone="+14155552672")
+    users = {agent.id: agent, other.id: other}
+    workflow = published_workflow(*specs, users=[agent, other])
+    version = workflow.published
+    assert version is not None
+    step = lean_step(version)
+    assert step is not None
+    run = _run(10)
+    run.workflow_id = workflow.id
+    people = [
+        contact(name="Grace Hopper", owner_user_id=agent.id),
+        contact(name="Alan Turing", phone=None),
+        contact(name="Plato", owner_user_id=other.id, email="p@example.com"),
+        contact(name="Ada Lovelace", first_name="Augusta", last_name="King", owner_user_id=agent.id),
+        contact(name="Kurt Gödel", custom_fields={"plan": "gold"}, owner_user_id=other.id),
+    ]
+    given: list[uuid.UUID] = []
+
+    def new_id() -> uuid.UUID:
+        given.append(uuid.uuid4())
+        return given[-1]
+
+    lean = LeanChunk(run, workflow.name, version, step, users, T0, new_id, RowFormat())
+    assert lean.start(people[0]) is not None
+    for person in people[1:]:
+        lean.add(person)
+    # The probe's ids: enrollment and action (its envelope id is the envelope's own); then three
+    # per contact: enrollment, action, envelope.
+    assert len(given) == 2 + 3 * (len(people) - 1) and len(lean.enrollment_rows) == len(people)
+    for index, person in enumerate(people):
+        first = 0 if index == 0 else 2 + 3 * (index - 1)
+        enrollment_id, action_id = given[first : first + 2]
+        enrollment, history, action, document = _regular(
+            workflow, run, person, users, [enrollment_id, action_id]
+        )
+        assert lean.enrollment_rows[index] == enrollment
+        assert [_parsed(r) for r in lean.history_rows[2 * index : 2 * index + 2]] == [
+            _parsed(r) for r in history
+        ]
+        assert lean.action_rows[index] == action
+        made_id, subject, text = lean.events[index]
+        assert subject == str(action_id) and made_id == uuid.UUID(json.loads(text)["id"])
+        if index:
+            assert made_id == given[first + 2]
+        assert {**json.loads(text), "id": None} == {**document, "id": None}
+
+
+def test_lean_step_only_for_a_first_manual_step_without_timeout() -> None:
+    agent = user()
+    for specs, lean in [
+        ([sms("s1")], True),
+        ([call("c1")], True),
+        ([{**sms("s1"), "timeout": {"after": "PT1H", "then": "end", "action": "keep"}}], False),
+        ([assign("a", agent.id), sms("s1")], False),
+        ([{"id": "w", "type": "wait", "duration": "PT1H"}, sms("s1")], False),
+    ]:
+        version = published_workflow(*specs, users=[agent]).published
+        assert version is not None
+        assert (lean_step(version) is not None) is lean, specs

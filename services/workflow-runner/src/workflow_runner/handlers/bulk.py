@@ -23,13 +23,16 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 from manual_actions.contracts.topics import ACTION_LIFECYCLE, CONTACTS
 from manual_actions.faults import crash_point
+from manual_actions.templates import split_name
 from workflow_runner import metrics
 from workflow_runner.domain import runner
 from workflow_runner.domain.bulk import (
@@ -45,10 +48,11 @@ from workflow_runner.domain.bulk import (
     TargetContact,
     decide,
 )
-from workflow_runner.domain.enrollments import Enrollment, HistoryEntry, ManualAction
+from workflow_runner.domain.enrollments import ActionType, Enrollment, HistoryEntry, ManualAction
 from workflow_runner.domain.errors import NotFound, WorkflowNotPublished
-from workflow_runner.domain.people import Contact
-from workflow_runner.domain.steps import AssignUser, Step
+from workflow_runner.domain.people import Contact, User
+from workflow_runner.domain.steps import AssignUser, ManualCall, ManualSms, ManualStep, Step
+from workflow_runner.domain.templates import CUSTOM_PREFIX, Template, merge_values, render
 from workflow_runner.domain.workflows import WorkflowVersion
 from workflow_runner.handlers import handlers
 from workflow_runner.handlers.directory import contact_updated_documents
@@ -90,14 +94,54 @@ class BulkRepository(Protocol):
         actions: Sequence[ManualAction],
         results: Iterable[tuple[uuid.UUID, Outcome, uuid.UUID | None]],
         changed_contacts: Sequence[Contact],
+        *,
+        enrollment_rows: Sequence[tuple[Any, ...]] = (),
+        history_rows: Sequence[tuple[Any, ...]] = (),
+        action_rows: Sequence[tuple[Any, ...]] = (),
     ) -> None: ...
     async def stage_events(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
         """``UnitOfWork.publish_documents``, faster for large chunks."""
         ...
 
+    async def stage_envelopes(
+        self,
+        topic: str,
+        tenant: str,
+        message_type: str,
+        version: int,
+        envelopes: Sequence[tuple[uuid.UUID, str, str]],
+    ) -> None:
+        """Stage envelopes already in JSON text: (envelope id, subject, text), one tenant and type."""
+        ...
+
+    @property
+    def rows(self) -> BulkRows: ...
+
     async def results(
         self, tenant: str, run_id: uuid.UUID, *, outcome: str | None, after: uuid.UUID | None, limit: int
     ) -> list[tuple[uuid.UUID, str, uuid.UUID | None, datetime]]: ...
+
+
+class BulkRows(Protocol):
+    """How the repository's COPY rows look (``adapters.bulk_sql.RowFormat``): the regular path's
+    row builders and where the per-contact values sit, for the lean path."""
+
+    enrollment_slots: tuple[int, ...]  # id, contact_id, waiting_action_id
+    action_slots: Mapping[str, int]  # column name -> position
+
+    def enrollment(self, e: Enrollment) -> tuple[Any, ...]: ...
+    def history(self, e: Enrollment) -> list[tuple[Any, ...]]: ...
+    def action(self, a: ManualAction) -> tuple[Any, ...]: ...
+    def jsonb(self, value: Any) -> str: ...
+    def history_row(
+        self,
+        tenant: str,
+        enrollment_id: uuid.UUID,
+        step_id: str | None,
+        at: datetime,
+        event: str,
+        detail: str,
+    ) -> tuple[Any, ...]: ...
 
 
 class BulkUnitOfWork(UnitOfWork, Protocol):
@@ -414,6 +458,21 @@ async def run_chunk(
         changed: list[Contact] = []
         for contact_id in sorted(restarted):
             await _stop_running(uow, run, contact_id, now)
+        lean: LeanChunk | None = None
+        step = lean_step(version)
+        if step is not None and to_enroll:
+            lean = LeanChunk(run, workflow.name, version, step, users, now, new_id, uow.bulk.rows)
+            probe = to_enroll[0]
+            enrollment_id = lean.start(probe)
+            if enrollment_id is None:
+                lean = None
+            else:
+                for contact in to_enroll:
+                    if contact is not probe:
+                        enrollment_id = lean.add(contact)
+                    outcome = Outcome.RESTARTED if contact.id in restarted else Outcome.ENROLLED
+                    results.append((contact.id, outcome, enrollment_id))
+                to_enroll = []
         for contact in to_enroll:
             enrollment = Enrollment.start(
                 tenant=run.tenant,
@@ -448,7 +507,21 @@ async def run_chunk(
             if result.contact_changed:
                 changed.append(contact)
         ran = time.perf_counter()
-        await uow.bulk.store_chunk(run, now, enrollments, actions, results, changed)
+        await uow.bulk.store_chunk(
+            run,
+            now,
+            enrollments,
+            actions,
+            results,
+            changed,
+            enrollment_rows=lean.enrollment_rows if lean else (),
+            history_rows=lean.history_rows if lean else (),
+            action_rows=lean.action_rows if lean else (),
+        )
+        if lean is not None:
+            await uow.bulk.stage_envelopes(
+                ACTION_LIFECYCLE, run.tenant, lean.message_type, lean.message_version, lean.events
+            )
         if changed:
             await uow.round_robin.save(run.tenant, workflow.id, round_robin)
             await uow.bulk.stage_events(CONTACTS, contact_updated_documents(changed))
@@ -464,6 +537,8 @@ async def run_chunk(
     metrics.ENROLLMENTS_STARTED.inc(outcomes[Outcome.ENROLLED])
     for action in actions:
         metrics.ACTIONS_QUEUED.labels(action.action_type.value).inc()
+    if lean is not None:
+        metrics.ACTIONS_QUEUED.labels(lean.action_type).inc(len(lean.action_rows))
     log.info(
         "bulk enrollment chunk committed",
         extra={
@@ -488,3 +563,222 @@ async def next_due(uow: BulkUnitOfWork) -> datetime | None:
     """When the soonest running run's next chunk is due (None: no run is running)."""
     async with uow:
         return await uow.bulk.next_due_at()
+
+
+# --- the lean path ---------------------------------------------------------------------------------
+
+
+def lean_step(version: WorkflowVersion) -> ManualStep | None:
+    """The version's first step when its enrollments can take the lean path: a Manual SMS or Call
+    without a timeout is the first step, so ``runner.start`` only records "enrolled", queues that
+    one action (history "action_queued") and leaves the enrollment waiting on it: no assignment,
+    no timer, nothing else that differs between contacts beyond the action's own values."""
+    graph = version.graph()
+    first = graph.step(graph.first) if graph.first is not None else None
+    if isinstance(first, ManualSms | ManualCall) and first.timeout is None:
+        return first
+    return None
+
+
+class _Renderer:
+    """``render(template, merge_values(contact, user))`` for one template, computing only the
+    values the template names (the assignee's values once per user). A template naming a custom
+    field goes through ``merge_values`` itself."""
+
+    def __init__(self, template: Template) -> None:
+        self._template = template
+        self._fields = set(template.fields)
+        self._general = any(name.startswith(CUSTOM_PREFIX) for name in self._fields)
+        self._users: dict[uuid.UUID | None, dict[str, str]] = {}
+
+    def __call__(self, contact: Contact, user: User | None) -> str:
+        if self._general:
+            return render(self._template, merge_values(contact, user))
+        key = user.id if user is not None else None
+        values = self._users.get(key)
+        if values is None:
+            everything = merge_values(contact, user)
+            values = self._users[key] = {k: v for k, v in everything.items() if k.startswith("user.")}
+        values = dict(values)
+        fields = self._fields
+        if fields & _NAME_FIELDS:
+            name = contact.name or ""
+            first, last = split_name(name)
+            values["contact.name"] = name
+            values["contact.first_name"] = contact.first_name or first
+            values["contact.last_name"] = contact.last_name or last
+        if "contact.phone" in fields:
+            values["contact.phone"] = contact.phone or ""
+        if "contact.email" in fields:
+            values["contact.email"] = contact.email or ""
+        return render(self._template, values)
+
+
+_NAME_FIELDS = frozenset({"contact.name", "contact.first_name", "contact.last_name"})
+
+
+class LeanChunk:
+    """The rows and ActionQueued outbox values of a chunk's enrollments into a ``lean_step``
+    version, built as tuples and JSON text without per-contact domain objects.
+
+    The first contact (the probe) goes through exactly what the regular path does (``Enrollment.start``,
+    ``runner.start``, the row builders, ``handlers.action_queued``); every other contact's rows are
+    the probe's with the per-contact values replaced. ``start`` refuses (returns False) when the
+    probe's real rows differ from what the lean path makes for the probe itself, and the caller then
+    takes the regular path: the lean path never writes something the regular one would not.
+    """
+
+    def __init__(
+        self,
+        run: BulkRun,
+        workflow_name: str,
+        version: WorkflowVersion,
+        step: ManualStep,
+        users: Mapping[uuid.UUID, User],
+        now: datetime,
+        new_id: Callable[[], uuid.UUID],
+        rows: BulkRows,
+    ) -> None:
+        self._rows = rows
+        self._slots = rows.enrollment_slots
+        self._a = rows.action_slots
+        self._run = run
+        self._workflow_name = workflow_name
+        self._version = version
+        self._step = step
+        self._users = users
+        self._now = now
+        self._new_id = new_id
+        self._sms = isinstance(step, ManualSms)
+        template = step.message if isinstance(step, ManualSms) else step.notes
+        self._render = _Renderer(template) if template is not None else None
+        self.action_type = (ActionType.SMS if self._sms else ActionType.CALL).value
+        self.message_type = ""
+        self.message_version = 0
+        self.enrollment_rows: list[tuple[Any, ...]] = []
+        self.history_rows: list[tuple[Any, ...]] = []
+        self.action_rows: list[tuple[Any, ...]] = []
+        self.events: list[tuple[uuid.UUID, str, str]] = []  # (envelope id, subject, JSON text)
+        self._enrollment: list[Any] = []
+        self._action: list[Any] = []
+        self._enrolled_detail = ""
+        self._document: dict[str, Any] = {}
+
+    def start(self, probe: Contact) -> uuid.UUID | None:
+        """Enroll the probe contact through the regular domain code and take its rows as the
+        templates; returns its enrollment id, or None when the lean rows would differ."""
+        run, now = self._run, self._now
+        enrollment = Enrollment.start(
+            tenant=run.tenant,
+            contact_id=probe.id,
+            workflow_id=run.workflow_id,
+            workflow_version=self._version.number,
+            now=now,
+            enrollment_id=self._new_id(),
+        )
+        _mark_bulk(enrollment, run)
+        ctx = runner.RunContext(
+            workflow_name=self._workflow_name,
+            version=self._version,
+            contact=probe,
+            users=self._users,
+            round_robin={},
+            now=now,
+            new_id=self._new_id,
+        )
+        result = runner.start(enrollment, ctx)
+        action = result.action
+        if action is None or not _fast_path(result) or result.contact_changed or len(enrollment.history) != 2:
+            return None
+        document = handlers.action_queued(action).to_jsonable()
+        rows = self._rows
+        real = (
+            [rows.enrollment(enrollment)],
+            rows.history(enrollment),
+            [rows.action(action)],
+            [(uuid.UUID(document["id"]), document["subject"], rows.jsonb(document))],
+        )
+        self._enrollment = list(real[0][0])
+        self._action = list(real[2][0])
+        self._enrolled_detail = real[1][0][5]  # the same for every contact of the run
+        self._document = document
+        self.message_type, self.message_version = document["type"], int(document["version"])
+        self.add(probe, ids=(enrollment.id, action.id, uuid.UUID(document["id"])))
+        made = (self.enrollment_rows, self.history_rows, self.action_rows, self.events)
+        if [orjson.loads(r[5]) for r in made[1]] != [orjson.loads(r[5]) for r in real[1]] or any(
+            _comparable(m) != _comparable(r) for m, r in zip(made, real, strict=True)
+        ):
+            log.warning("bulk enrollment lean path disagrees with the runner; regular path taken")
+            return None
+        return enrollment.id
+
+    def add(
+        self, contact: Contact, *, ids: tuple[uuid.UUID, uuid.UUID, uuid.UUID] | None = None
+    ) -> uuid.UUID:
+        """Enroll one more contact (as ``runner.start`` would); returns its enrollment id."""
+        enrollment_id, action_id, event_id = ids or (self._new_id(), self._new_id(), self._new_id())
+        tenant, now = self._run.tenant, self._now
+        assignee = contact.owner_user_id
+        text = (
+            self._render(contact, self._users.get(assignee) if assignee is not None else None)
+            if self._render is not None
+            else None
+        )
+        row = self._enrollment.copy()
+        e_id, e_contact, e_waiting = self._slots
+        row[e_id], row[e_contact], row[e_waiting] = enrollment_id, contact.id, action_id
+        self.enrollment_rows.append(tuple(row))
+        action = self._action.copy()
+        _A = self._a
+        action[_A["id"]] = action_id
+        action[_A["enrollment_id"]] = enrollment_id
+        action[_A["contact_id"]] = contact.id
+        action[_A["contact_name"]] = contact.name
+        action[_A["contact_phone"]] = contact.phone
+        action[_A["assignee_user_id"]] = assignee
+        action[_A["message" if self._sms else "notes"]] = text
+        self.action_rows.append(tuple(action))
+        action_text = str(action_id)
+        assignee_text = str(assignee) if assignee is not None else None
+        detail: dict[str, Any] = {
+            "action_id": action_text,
+            "action_type": self.action_type,
+            "assignee_user_id": assignee_text,
+        }
+        if contact.phone is None:
+            detail["warning"] = "the contact has no valid phone number"
+        jsonb = self._rows.jsonb
+        history_row = self._rows.history_row
+        self.history_rows.append(
+            history_row(tenant, enrollment_id, None, now, "enrolled", self._enrolled_detail)
+        )
+        self.history_rows.append(
+            history_row(tenant, enrollment_id, self._step.id, now, "action_queued", jsonb(detail))
+        )
+        template = self._document
+        data = dict(template["data"])
+        data["action_id"] = action_text
+        data["enrollment_id"] = str(enrollment_id)
+        data["contact"] = {
+            **data["contact"],
+            "contact_id": str(contact.id),
+            "name": contact.name,
+            "phone": contact.phone,
+        }
+        data["assignee_user_id"] = assignee_text
+        data["message" if self._sms else "notes"] = text
+        self.events.append(
+            (
+                event_id,
+                action_text,
+                jsonb({**template, "id": str(event_id), "subject": action_text, "data": data}),
+            )
+        )
+        return enrollment_id
+
+
+def _comparable(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with JSON text parsed (jsonb keeps the value, not the spelling)."""
+    return [
+        tuple(orjson.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row) for row in rows
+    ]
