@@ -6,27 +6,38 @@ Loads 1,000,000 actions into a fresh action-queue database (100 tenants x 100 as
 assignees, each with the whole mix: 70% queued, 8% reserved, 5% snoozed, 2% scheduled, 10%
 completed, 3% skipped, 2% deleted; a third calls; four priorities; half with a due time; 20
 workflows per tenant) with one ``INSERT ... SELECT`` from ``generate_series`` inside PostgreSQL
-(no Python per row), then VACUUM ANALYZE. Then ``CLIENTS`` concurrent clients call, through the
-real HTTP app, ``POST /v1/queue/next`` (each call reserves one more action of one of 300 agents),
-and after that ``GET /v1/actions`` with filters (an admin's first page of 50: assignee + status,
-type + statuses sorted by -priority, overdue sorted by due time, workflow + status), ``CALLS``
-times each, after a warm-up round of each.
+(no Python per row) into the table without its secondary indexes and primary key, which are
+created again afterwards (as the migrations define them), then VACUUM ANALYZE.
 
-Both are measured at the server, not as client round trips: the whole request (an ASGI wrapper
-around the app, from the request entering it to the end of its response body: auth, handler, all
-its SQL, serialisation) and the one SQL statement that the benchmark is about (SQLAlchemy's
-before/after cursor events around it). Prints p50/p95/p99/max of each and the plans
-(``EXPLAIN (ANALYZE, BUFFERS)``) of the statements, captured from the real calls.
-``BENCH_MILLION_COUNT`` changes the number of actions.
+The app is served by uvicorn in its own process (as ``./dev up`` runs it, without the background
+loops, so nothing else competes), started before the load so it runs the code of that moment.
+``CLIENTS`` concurrent HTTP clients in this process call ``POST /v1/queue/next`` (each call
+reserves one more action of one of 300 agents), and after that ``GET /v1/actions`` with filters
+(an admin's first page of 50: assignee + status, type + statuses sorted by -priority, overdue
+sorted by due time, workflow + status), ``CALLS`` times each, after a warm-up round of each.
+
+Measured at the server, inside its process, so the clients' CPU does not count: the whole request
+(an ASGI wrapper around the app, from the request entering it to the end of its response body:
+auth, handler, all its SQL, serialisation), the SQL statement the benchmark is about (SQLAlchemy's
+before/after cursor events around it), the statements per request (cursor executes on the
+service's and the identity store's engines; BEGIN, COMMIT and the pool's pre-ping are not cursor
+executes) and the server's CPU seconds per request. Prints p50/p95/p99/max of each, the load
+average, and the plans (``EXPLAIN (ANALYZE, BUFFERS)``) of the statements, captured from the real
+calls. ``BENCH_MILLION_COUNT`` changes the number of actions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
+import json
 import os
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -84,6 +95,14 @@ FROM generate_series(0, :count - 1) AS i,
         ELSE 'deleted' END AS status) AS s
 """
 
+# The secondary indexes as the migrations made them, to drop before the load and create after.
+INDEXES = """
+SELECT indexname, indexdef FROM pg_indexes
+WHERE tablename = 'manual_actions' AND indexname <> 'manual_actions_pkey'
+"""
+
+BENCH_PATH = "/__bench"  # the server process's own endpoint: its measurements, and the plans
+
 
 def _user(t: int, u: int) -> str:
     return str(uuid.UUID(hashlib.md5(f"user-{t}-{u}".encode()).hexdigest()))
@@ -93,31 +112,175 @@ def _workflow(t: int, w: int) -> str:
     return str(uuid.UUID(hashlib.md5(f"workflow-{t}-{w}".encode()).hexdigest()))
 
 
-class ServerTiming:
-    """ASGI wrapper: seconds from a request entering the app to the end of its response body, by
-    the request's ``x-bench-label`` header."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, app: ASGIApp) -> None:
+
+# ---------------------------------------------------------------------------------------------
+# The server process: the real app under uvicorn, wrapped to measure itself.
+
+_label: contextvars.ContextVar[str | None] = contextvars.ContextVar("bench_label", default=None)
+
+
+class ServerTiming:
+    """ASGI wrapper: seconds from a request entering the app to the end of its response body, and
+    the cursor executes it made, by the request's ``x-bench-label`` header. Answers ``BENCH_PATH``
+    itself: GET returns the measurements so far (and the CPU seconds of this process), DELETE
+    clears them, POST ``/plans`` explains the first statement of each kind."""
+
+    def __init__(self, app: ASGIApp, engines: list[Any], service_engine: Any) -> None:
         self.app = app
+        self.service_engine = service_engine
         self.seconds: dict[str, list[float]] = defaultdict(list)
+        self.statements: dict[str, list[int]] = defaultdict(list)
+        self.sql_seconds: dict[str, list[float]] = defaultdict(list)
+        self.first: dict[str, tuple[str, Any]] = {}  # statement -> (kind, parameters), first of each
+        self._count: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("n", default=None)
+        self.cpu_started = time.process_time()
+        for engine in engines:
+            event.listen(engine.sync_engine, "before_cursor_execute", self._before)
+            event.listen(engine.sync_engine, "after_cursor_execute", self._after)
+
+    @staticmethod
+    def kind_of(statement: str) -> str | None:
+        if "manual_actions" not in statement or "LIMIT" not in statement:
+            return None
+        if "SKIP LOCKED" in statement:
+            return "next"
+        return None if "FOR UPDATE" in statement else "list"
+
+    def _before(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, *_: Any) -> None:
+        counter = self._count.get()
+        if counter is not None:
+            counter[0] += 1
+        kind = self.kind_of(statement)
+        if kind is not None and _label.get() == kind:
+            self.first.setdefault(statement, (kind, parameters))
+            context._bench_started = (kind, time.perf_counter())
+
+    def _after(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, *_: Any) -> None:
+        started = getattr(context, "_bench_started", None)
+        if started is not None:
+            self.sql_seconds[started[0]].append(time.perf_counter() - started[1])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(BENCH_PATH):
+            await self._own(scope, send)
+            return
         label = dict(scope.get("headers") or []).get(b"x-bench-label", b"other").decode()
+        _label.set(label)
+        counter = [0]
+        self._count.set(counter)
         started = time.perf_counter()
 
         async def timed_send(message: Message) -> None:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.seconds[label].append(time.perf_counter() - started)
+                self.statements[label].append(counter[0])
 
         await self.app(scope, receive, timed_send)
 
+    async def _own(self, scope: Scope, send: Send) -> None:
+        body: Any = None
+        if scope["method"] == "DELETE":
+            for store in (self.seconds, self.statements, self.sql_seconds):
+                store.clear()
+            self.cpu_started = time.process_time()
+        elif scope["path"].endswith("/plans"):
+            body = await self._plans()
+        else:
+            body = {"seconds": self.seconds, "statements": self.statements, "sql_seconds": self.sql_seconds,
+                    "cpu_seconds": time.process_time() - self.cpu_started}
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
 
-def _summary(name: str, seconds: list[float]) -> str:
-    ms = sorted(s * 1000 for s in seconds)
-    q = statistics.quantiles(ms, n=100, method="inclusive")
-    return (f"{name}: {len(ms)} calls, p50 {q[49]:.2f} ms, p95 {q[94]:.2f} ms, p99 {q[98]:.2f} ms, "
-            f"max {ms[-1]:.2f} ms")
+    async def _plans(self) -> list[tuple[str, list[str]]]:
+        plans: list[tuple[str, list[str]]] = []
+        async with self.service_engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            for statement, (kind, parameters) in self.first.items():
+                # EXPLAIN ANALYZE of Let's Start really locks a row: rolled back.
+                transaction = driver.transaction()
+                await transaction.start()
+                try:
+                    rows = await driver.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", *parameters)
+                finally:
+                    await transaction.rollback()
+                plans.append((kind, [row[0] for row in rows]))
+        return plans
+
+
+async def _serve(settings_json: str, port: int) -> None:
+    import uvicorn
+
+    from manual_actions.logging import configure_logging
+
+    settings = Settings(**json.loads(settings_json))
+    configure_logging(settings.service_name, settings.log_level)  # as the service runs (access log)
+    service = await build_service(settings)  # migrated; no background loop runs
+    identity = service.app.state.identity
+    timing = ServerTiming(service.app, [service.uow.engine, identity.engine], service.uow.engine)
+    server = uvicorn.Server(uvicorn.Config(timing, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="off"))
+    try:
+        await server.serve()
+    finally:
+        for callback in service.on_shutdown:
+            await callback()
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark process: database load, tokens, clients, report.
+
+
+def _summary(name: str, values: list[float], unit: str = "ms", scale: float = 1000) -> str:
+    xs = sorted(v * scale for v in values)
+    q = statistics.quantiles(xs, n=100, method="inclusive")
+    return (f"{name}: {len(xs)} calls, p50 {q[49]:.2f} {unit}, p95 {q[94]:.2f} {unit}, "
+            f"p99 {q[98]:.2f} {unit}, max {xs[-1]:.2f} {unit}")
+
+
+async def _load(engine: Any) -> None:
+    started = time.perf_counter()
+    async with engine.begin() as conn:
+        indexes = (await conn.execute(text(INDEXES))).all()
+        for name, _ in indexes:
+            await conn.execute(text(f"DROP INDEX {name}"))
+        await conn.execute(text("ALTER TABLE manual_actions DROP CONSTRAINT manual_actions_pkey"))
+        await conn.execute(text(LOAD), {"count": COUNT})
+        loaded = time.perf_counter() - started
+        await conn.execute(text("SET LOCAL maintenance_work_mem = '256MB'"))
+        await conn.execute(text("ALTER TABLE manual_actions ADD PRIMARY KEY (id)"))
+        for _, definition in indexes:
+            await conn.execute(text(definition))
+    indexed = time.perf_counter() - started - loaded
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE manual_actions"))
+        size = (await conn.execute(text(
+            "SELECT pg_size_pretty(pg_total_relation_size('manual_actions'))"))).scalar_one()
+    print(f"\nloaded {COUNT:,} actions in {loaded:.1f}s, primary key and {len(indexes)} indexes in "
+          f"{indexed:.1f}s, VACUUM ANALYZE {time.perf_counter() - started - loaded - indexed:.1f}s; "
+          f"table with indexes {size}")
+
+
+async def _wait_ready(server: asyncio.subprocess.Process, url: str) -> None:
+    deadline = time.monotonic() + 120
+    async with httpx.AsyncClient() as client:
+        while True:
+            assert server.returncode is None, f"the server process exited with {server.returncode}"
+            try:
+                (await client.get(url)).raise_for_status()
+                return
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server process did not start in 120 s"
+                await asyncio.sleep(0.5)
 
 
 async def test_queries_over_a_million_actions(stack: Any) -> None:
@@ -125,23 +288,17 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                         database_url=stack.database_url(f"aq_bench_1m_{uuid.uuid4().hex[:8]}"),
                         identity_database_url=stack.database_url("identity"),
                         consumer_group_id=f"aq-bench-{uuid.uuid4().hex[:8]}")
-    service = await build_service(settings)  # migrated; no loop runs (nothing else competes)
-    engine = service.uow.engine
+    port = _free_port()
+    # Its JSON log lines (one access line per request, as in production) go nowhere.
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "serve", settings.model_dump_json(), str(port), stdout=subprocess.DEVNULL)
+    engine = create_engine(settings.database_url, pool_size=2)
     identity_engine = create_engine(settings.identity_database_url, pool_size=2)
     identity = IdentityStore(identity_engine)
     run = uuid.uuid4().hex[:6]
     try:
-        started = time.perf_counter()
-        async with engine.begin() as conn:
-            await conn.execute(text(LOAD), {"count": COUNT})
-        loaded = time.perf_counter() - started
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text("VACUUM ANALYZE manual_actions"))
-            size = (await conn.execute(text(
-                "SELECT pg_size_pretty(pg_total_relation_size('manual_actions'))"))).scalar_one()
-        print(f"\nloaded {COUNT:,} actions in {loaded:.1f}s (+ VACUUM ANALYZE "
-              f"{time.perf_counter() - started - loaded:.1f}s), table with indexes {size}")
+        await _wait_ready(server, f"http://127.0.0.1:{port}{BENCH_PATH}")
+        await _load(engine)
 
         # The tenants are named by the loader; the identity store gets a tenant per name and run.
         agents: list[tuple[str, str]] = []  # (token, tenant)
@@ -153,32 +310,6 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
             for u in random.Random(t).sample(range(ASSIGNEES_PER_TENANT), 3):
                 agents.append((await identity.issue_token(tenant, Role.AGENT, uuid.UUID(_user(t, u)),
                                                           label=f"bench {run}"), tenant))
-
-        timing = ServerTiming(service.app)
-        transport = httpx.ASGITransport(app=timing)
-        statements: dict[str, Any] = {}  # statement text -> (name, parameters), first of each
-        sql_seconds: dict[str, list[float]] = defaultdict(list)
-
-        def kind_of(statement: str) -> str | None:
-            if "FROM manual_actions" not in statement or "LIMIT" not in statement:
-                return None
-            if "FOR UPDATE SKIP LOCKED" in statement:
-                return "next"
-            return None if "FOR UPDATE" in statement else "list"
-
-        def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, *_: Any) -> None:
-            kind = kind_of(statement)
-            if kind is not None:
-                statements.setdefault(statement, (kind, parameters))
-                context._bench_started = (kind, time.perf_counter())
-
-        def after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, *_: Any) -> None:
-            started = getattr(context, "_bench_started", None)
-            if started is not None:
-                sql_seconds[started[0]].append(time.perf_counter() - started[1])
-
-        event.listen(engine.sync_engine, "before_cursor_execute", before)
-        event.listen(engine.sync_engine, "after_cursor_execute", after)
         rnd = random.Random(11)
 
         def list_query(t: int) -> dict[str, Any]:
@@ -191,11 +322,13 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                 return {"overdue": "true", "sort": "due_at"}
             return {"workflow_id": _workflow(t, rnd.randrange(WORKFLOWS_PER_TENANT)), "status": "queued"}
 
-        async def client_loop(worker: int, kind: str) -> None:
-            async with httpx.AsyncClient(transport=transport, base_url="http://aq") as client:
+        base_url = f"http://127.0.0.1:{port}"
+
+        async def client_loop(worker: int, kind: str, offset: int) -> None:
+            async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
                 for i in range(CALLS // CLIENTS):
                     if kind == "next":
-                        token, _ = agents[(worker * 7919 + i) % len(agents)]
+                        token, _ = agents[(worker * 7919 + offset + i) % len(agents)]
                         response = await client.post("/v1/queue/next", headers={
                             "Authorization": f"Bearer {token}", "x-bench-label": kind})
                         assert response.status_code in (200, 204), response.text
@@ -205,35 +338,40 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                             "Authorization": f"Bearer {token}", "x-bench-label": kind})
                         assert response.status_code == 200, response.text
 
-        print(f"{CLIENTS} concurrent clients, {CALLS} calls per kind, one kind at a time after a warm-up; "
-              "at the server:")
-        for kind, title in (("next", "Let's Start (POST /v1/queue/next)"),
-                            ("list", "filtered list, first page (GET /v1/actions)")):
-            await asyncio.gather(*(client_loop(w, kind) for w in range(CLIENTS)))  # warm-up, not counted
-            timing.seconds.clear()
-            sql_seconds.clear()
-            await asyncio.gather(*(client_loop(w, kind) for w in range(CLIENTS)))
-            print("  " + _summary(f"{title}, whole request", timing.seconds[kind]))
-            print("  " + _summary(f"{title}, its SQL statement", sql_seconds[kind]))
-        event.remove(engine.sync_engine, "before_cursor_execute", before)
-        event.remove(engine.sync_engine, "after_cursor_execute", after)
-
-        async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            for statement, (kind, parameters) in statements.items():
-                # EXPLAIN ANALYZE of Let's Start really locks a row: rolled back.
-                transaction = driver.transaction()
-                await transaction.start()
-                try:
-                    plan = await driver.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {statement}", *parameters)
-                finally:
-                    await transaction.rollback()
-                title = "Let's Start" if kind == "next" else "list"
-                print(f"plan of {title}:\n" + "\n".join("    " + row[0] for row in plan))
+        print(f"{CLIENTS} concurrent HTTP clients (this process), {CALLS} calls per kind, one kind at a "
+              "time after a warm-up; the app in its own uvicorn process; at the server:")
+        async with httpx.AsyncClient(base_url=base_url) as control:
+            for kind, title in (("next", "Let's Start (POST /v1/queue/next)"),
+                                ("list", "filtered list, first page (GET /v1/actions)")):
+                await asyncio.gather(*(client_loop(w, kind, 0) for w in range(CLIENTS)))  # warm-up
+                (await control.delete(BENCH_PATH)).raise_for_status()
+                load_before = os.getloadavg()[0]
+                await asyncio.gather(*(client_loop(w, kind, 1) for w in range(CLIENTS)))
+                load_after = os.getloadavg()[0]
+                measured = (await control.get(BENCH_PATH)).json()
+                seconds = measured["seconds"][kind]
+                print(f"  {title} (load average {load_before:.2f} -> {load_after:.2f}):")
+                print("    " + _summary("whole request", seconds))
+                print("    " + _summary("its SQL statement", measured["sql_seconds"][kind]))
+                counts = measured["statements"][kind]
+                print(f"    statements (cursor executes) per request: min {min(counts)}, "
+                      f"mean {statistics.fmean(counts):.2f}, max {max(counts)}")
+                print(f"    server CPU per request: {measured['cpu_seconds'] / len(seconds) * 1000:.2f} ms")
+            plans = (await control.post(f"{BENCH_PATH}/plans", timeout=120)).json()
+        for kind, rows in plans:
+            title = "Let's Start" if kind == "next" else "list"
+            print(f"plan of {title}:\n" + "\n".join("    " + row for row in rows))
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
-        for callback in service.on_shutdown:
-            await callback()
+        if server.returncode is None:
+            server.terminate()
+            try:
+                await asyncio.wait_for(server.wait(), 30)
+            except TimeoutError:
+                server.kill()
+        await engine.dispose()
         await identity_engine.dispose()
 
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
+    asyncio.run(_serve(sys.argv[2], int(sys.argv[3])))

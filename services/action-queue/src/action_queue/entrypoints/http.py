@@ -18,6 +18,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -105,6 +106,14 @@ async def _actor(principal: Annotated[Principal, Depends(_ANY_ROLE)], ctx: Conte
 
 
 ActorDep = Annotated[Actor, Depends(_actor)]
+
+
+def _json(model: BaseModel) -> Response:
+    """``model`` (an instance of the route's response model) as the JSON body, serialised once by
+    pydantic. Returned as a model, FastAPI would validate it against the response model again and
+    serialise it through intermediate Python data: on the hot routes (Let's Start, the list) that
+    was a measurable part of the request's CPU."""
+    return Response(content=model.model_dump_json(by_alias=True), media_type="application/json")
 
 
 @contextmanager
@@ -230,7 +239,7 @@ async def list_actions(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page (same sort).")] = None,
     counts: Annotated[bool, Query(description="Also count every match (all pages), per status and type. "
                                               "Costs a scan of the matches; leave off when paging.")] = False,
-) -> ActionPage:
+) -> Response:
     """The tenant's actions in the chosen order (default oldest first, by (queued_at, id)); agents get
     only their own, managers their team's. Keyset pagination: pass ``next_cursor`` back with the
     same filters and sort."""
@@ -255,9 +264,9 @@ async def list_actions(
             if action_status in listed:
                 by_type[action_type] = by_type.get(action_type, 0) + n
         summary = ListCounts(total=sum(by_type.values()), by_type=by_type, by_status=by_status)
-    return ActionPage(items=[ActionView.of(a) for a in page.items],
-                      next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None,
-                      counts=summary)
+    return _json(ActionPage(items=[ActionView.of(a) for a in page.items],
+                            next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None,
+                            counts=summary))
 
 
 @router.get("/actions/{action_id}", response_model=ActionDetail, summary="One manual action with its history")
@@ -271,14 +280,14 @@ async def get_action(action_id: uuid.UUID, actor: ActorDep, ctx: ContextDep) -> 
     "/queue/next", response_model=ActionDetail, summary="Let's Start: reserve my next queued action",
     responses={204: {"description": "The caller's queue is empty."}},
 )
-async def next_action(actor: ActorDep, ctx: ContextDep) -> ActionDetail | Response:
+async def next_action(actor: ActorDep, ctx: ContextDep) -> Response:
     """Reserves the caller's next action for the lease period, in queue order: priority desc, then
     due time (an action without one is due when it was queued), then age (queue time), then id."""
     with _as_problem():
         action = await queue.reserve_next(ctx.uow(), actor, now=ctx.clock(), lease=ctx.lease)
     if action is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return ActionDetail.of(action)
+    return _json(ActionDetail.of(action))
 
 
 @router.post("/actions/{action_id}/send-sms", response_model=ActionDetail, status_code=202,

@@ -178,19 +178,25 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
     their actions gets nothing until they are back."""
     user_id = require_user(actor)
     async with uow:
+        # The first candidate is locked before the settings and the caller are looked at: the SQL
+        # repository reads all of them with it in one statement, and the settings, user and contact
+        # reads below are answered from that. A held caller's lock ends with the rollback.
+        action = await uow.actions.next_reservable(actor.tenant, user_id, now)
         settings = await uow.settings.get(actor.tenant)
         if settings.out_of_office is OutOfOffice.HOLD:
             me = await uow.users.get(actor.tenant, user_id)
             if me is not None and me.is_out(now, away_counts=settings.away_counts_as_out):
                 metrics.RESERVATIONS.labels(result="held").inc()
                 return None
-        for _ in range(MAX_BLOCKED_PER_START):
-            action = await uow.actions.next_reservable(actor.tenant, user_id, now)
-            if action is None:
-                break
+        skipped = 0
+        while action is not None:
             reason, _ = await _blocked(uow, action, now, settings)
             if reason is not None:
                 await _skip_blocked(uow, action, reason, now)
+                skipped += 1
+                if skipped == MAX_BLOCKED_PER_START:
+                    break
+                action = await uow.actions.next_reservable(actor.tenant, user_id, now)
                 continue
             event = action.reserve(user_id, now, lease)
             await uow.actions.save(action)
