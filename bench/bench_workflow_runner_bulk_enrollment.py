@@ -22,6 +22,7 @@ Not part of the default test run (the file name does not start with ``test_``).
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import uuid
@@ -37,6 +38,7 @@ from sqlalchemy import text
 from devstack.processes import ServiceProcesses
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.db import create_engine
+from manual_actions.outbox import BATCH_HEADER
 from workflow_runner.adapters.sql import SqlUnitOfWork
 from workflow_runner.domain.people import Contact
 
@@ -173,20 +175,27 @@ async def _run(stack: Any, run_dir: Path) -> None:
                 runner_db,
                 "SELECT extract(epoch FROM max(o.published_at) - b.created_at) "
                 "FROM outbox o, bulk_enrollments b WHERE b.id = :id AND o.tenant = :t "
-                "AND o.value->>'type' = 'ActionQueued' GROUP BY b.created_at",
+                """AND o.headers @> '[["type", "ActionQueued"]]' GROUP BY b.created_at""",
                 id=uuid.UUID(run_id),
                 t=tenant,
             )
             async with runner_db.connect() as conn:
-                rows = (
+                stored = (
                     await conn.execute(
                         text(
-                            "SELECT key, value::text FROM outbox WHERE tenant = :t "
-                            "AND value->>'type' = 'ActionQueued' ORDER BY id"
+                            "SELECT key, value::text, headers::text FROM outbox WHERE tenant = :t "
+                            """AND headers @> '[["type", "ActionQueued"]]' ORDER BY id"""
                         ),
                         {"t": tenant},
                     )
                 ).all()
+        # A batch row (the bulk path writes one per chunk) carries [key, envelope text] pairs.
+        rows: list[tuple[str, str]] = []
+        for key, value, headers in stored:
+            if json.loads(headers)[0][0] == BATCH_HEADER:
+                rows.extend((k, v) for k, v in json.loads(value))
+            else:
+                rows.append((key, value))
         assert len(rows) == COUNT
         raw_s = await _raw_producer_baseline(stack.kafka_bootstrap, [(k, v.encode()) for k, v in rows])
         published_rate = COUNT / float(published_s)
