@@ -1,0 +1,161 @@
+"""Let's Start on the real database in as few statements as it can: the locked action read together
+with its contact, the caller and the tenant's settings (read ahead for the unit of work), and its
+UPDATE held back to go with the outbox row in one statement at commit. What it stores and stages
+must be what the plain repository calls would have stored and staged."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from aq_factories import T0, action_queued
+from aq_harness import Harness
+from sqlalchemy import event, select
+
+from action_queue.adapters.tables import outbox
+from action_queue.domain import ActionStatus, Actor, ManualAction
+from action_queue.domain.checks import ContactState
+from action_queue.domain.people import OUT_OF_OFFICE, OutOfOffice, QueueSettings, UserState
+from action_queue.handlers import queue
+from manual_actions.contracts import ActionType
+
+NOW = T0 + timedelta(hours=3)  # noon UTC: outside the default quiet hours
+
+
+@contextmanager
+def statements(aq: Harness) -> Iterator[list[str]]:
+    """The SQL statements (cursor executes) this task runs on the service's engine inside the block
+    (not those of the service's background loops, which share the engine)."""
+    seen: list[str] = []
+    task = asyncio.current_task()
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if asyncio.current_task() is task:
+            seen.append(statement)
+
+    engine = aq.service.uow.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _queue(aq: Harness, tenant: str, agent: uuid.UUID, *priorities: int) -> list[ManualAction]:
+    actions = [ManualAction.from_queued(tenant, action_queued(assignee=agent, priority=p), 1)
+               for p in priorities]
+    async with aq.service.uow() as uow:
+        for action in actions:
+            assert await uow.actions.add_if_absent(action)
+        await uow.commit()
+    return actions
+
+
+async def _outbox_of(aq: Harness, *subjects: uuid.UUID) -> list[tuple[str, int, str]]:
+    """(type, sequence, subject) of the outbox rows about ``subjects``, in publication order."""
+    async with aq.service.uow.engine.connect() as conn:
+        rows = (await conn.execute(select(outbox.c.value).where(outbox.c.key.in_([str(s) for s in subjects]))
+                                   .order_by(outbox.c.id))).scalars().all()
+    return [(row["type"], row["sequence"], row["subject"]) for row in rows]
+
+
+async def test_lets_start_is_two_statements_and_stores_what_the_domain_did(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    low, high = await _queue(aq, tenant, agent, 1, 5)
+    with statements(aq) as seen:
+        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW)
+    assert reserved is not None and reserved.id == high.id
+    assert len(seen) == 2, seen  # the locked read (with contact, user, settings); UPDATE + outbox + NOTIFY
+    assert "SKIP LOCKED" in seen[0] and "UPDATE manual_actions" in seen[1] and "INSERT INTO outbox" in seen[1]
+
+    expected = replace(high, history=list(high.history))  # the domain's own transition, on a copy
+    expected.reserve(agent, NOW, queue.DEFAULT_LEASE)
+    async with aq.service.uow() as uow:
+        stored = await uow.actions.get(tenant, high.id)
+        untouched = await uow.actions.get(tenant, low.id)
+    assert stored == expected  # history appended (``||``), every mutable column written
+    assert stored is not None and [h.to_status for h in stored.history] == [ActionStatus.QUEUED,
+                                                                          ActionStatus.RESERVED]
+    assert untouched == low
+    assert await _outbox_of(aq, high.id, low.id) == [("ActionReserved", 2, str(high.id))]
+
+
+async def test_blocked_actions_are_skipped_and_everything_commits_in_order(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    blocked, fine = await _queue(aq, tenant, agent, 9, 1)
+    async with aq.service.uow() as uow:
+        await uow.contacts.upsert(tenant, blocked.contact.id, ContactState(
+            phone=blocked.contact.phone, timezone=None, opted_out=frozenset({ActionType.SMS}), version=1))
+        await uow.commit()
+    with statements(aq) as seen:
+        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW)
+    assert reserved is not None and reserved.id == fine.id
+    # locked read; the skip's UPDATE + outbox (before the next read); the next locked read; the
+    # reservation's UPDATE + outbox at commit
+    assert len(seen) == 4, seen
+    async with aq.service.uow() as uow:
+        skipped = await uow.actions.get(tenant, blocked.id)
+    assert skipped is not None and skipped.status is ActionStatus.SKIPPED and skipped.status_reason
+    assert await _outbox_of(aq, blocked.id, fine.id) == [("ActionSkipped", 2, str(blocked.id)),
+                                                         ("ActionReserved", 2, str(fine.id))]
+
+
+async def test_a_held_back_save_is_seen_by_the_next_read_and_lost_on_rollback(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    (action,) = await _queue(aq, tenant, agent, 3)
+    async with aq.service.uow() as uow:
+        locked = await uow.actions.next_reservable(tenant, agent, NOW)
+        assert locked is not None
+        locked.reserve(agent, NOW, timedelta(minutes=5))
+        await uow.actions.save(locked)
+        seen = await uow.actions.get(tenant, action.id)
+        assert seen is not None and seen.status is ActionStatus.RESERVED and seen.history == locked.history
+        # no commit: rolled back
+    async with aq.service.uow() as uow:
+        assert await uow.actions.get(tenant, action.id) == action
+
+
+async def test_what_was_read_ahead_gives_way_to_writes_in_the_same_unit_of_work(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    (action,) = await _queue(aq, tenant, agent, 3)
+    async with aq.service.uow() as uow:
+        assert await uow.actions.next_reservable(tenant, agent, NOW) is not None
+        with statements(aq) as seen:
+            assert await uow.settings.get(tenant) == QueueSettings()
+            assert await uow.users.get(tenant, agent) is None
+            assert await uow.contacts.get(tenant, action.contact.id) is None
+        assert seen == []  # answered from what the locked read brought
+        settings = await uow.settings.put(tenant, QueueSettings(out_of_office=OutOfOffice.HOLD), None)
+        await uow.users.upsert(tenant, UserState(user_id=agent, name="Grace", role="agent", version=1))
+        await uow.contacts.upsert(tenant, action.contact.id, ContactState(phone="+14155550199", timezone=None,
+                                                                          version=1))
+        assert await uow.settings.get(tenant) == settings
+        me = await uow.users.get(tenant, agent)
+        assert me is not None and me.name == "Grace"
+        contact = await uow.contacts.get(tenant, action.contact.id)
+        assert contact is not None and contact.phone == "+14155550199"
+
+
+async def test_a_held_caller_gets_nothing_and_locks_nothing(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    (action,) = await _queue(aq, tenant, agent, 3)
+    async with aq.service.uow() as uow:
+        await uow.settings.put(tenant, QueueSettings(out_of_office=OutOfOffice.HOLD), None)
+        await uow.users.upsert(tenant, UserState(user_id=agent, name="Grace", role="agent",
+                                                 availability=OUT_OF_OFFICE, version=1))
+        await uow.commit()
+    assert await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW) is None
+    async with aq.service.uow() as uow:
+        again = await uow.actions.next_reservable(tenant, agent, NOW)  # not left locked
+    assert again == action
+    assert await _outbox_of(aq, action.id) == []
