@@ -12,13 +12,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from wr_harness import Harness, action_completed, eventually
 
 from manual_actions.auth import Role
+from manual_actions.outbox import BATCH_HEADER
 from workflow_runner.adapters import tables
 from workflow_runner.adapters.bulk_sql import SqlBulkUnitOfWork
-from workflow_runner.domain.bulk import Outcome
+from workflow_runner.domain.enrollments import Enrollment
 
 pytestmark = pytest.mark.integration
 
@@ -382,8 +383,9 @@ async def test_roles_tenants_and_problems_on_every_endpoint(wr: Harness) -> None
 
 
 async def test_a_chunk_worked_twice_fails_instead_of_enrolling_twice(wr: Harness) -> None:
-    """The net under the position cursor: a contact's result row for a run is unique, so writing a
-    chunk again (as a bug in the cursor would) fails the transaction."""
+    """The net under the position cursor: an enrollment names its run and a run enrolls a contact
+    once (a unique index), so writing a chunk again (as a bug in the cursor would) fails the
+    transaction, even after the contact's first enrollment has finished."""
     tenant, admin = await _tenant(wr)
     workflow_id = await _workflow(admin, await _agent(admin))
     ids = await _contacts(admin, 1)
@@ -392,12 +394,133 @@ async def test_a_chunk_worked_twice_fails_instead_of_enrolling_twice(wr: Harness
         json={"request_id": "net", "target": {"contact_ids": ids}},
     )
     await _done(admin, accepted.json()["id"])
+    e = tables.enrollments.c
+    async with wr.service.engine.begin() as conn:
+        await conn.execute(update(tables.enrollments).where(e.tenant_id == tenant).values(status="completed"))
     uow = SqlBulkUnitOfWork(wr.service.engine)
-    with pytest.raises(asyncpg.UniqueViolationError):
+    with pytest.raises(asyncpg.UniqueViolationError) as violation:
         async with uow:
             run = await uow.bulk.get(tenant, uuid.UUID(accepted.json()["id"]))
             assert run is not None
-            await uow.bulk.store_chunk(
-                run, datetime.now(UTC), [], [], [(uuid.UUID(ids[0]), Outcome.ENROLLED, None)], []
+            again = Enrollment.start(
+                tenant=tenant,
+                contact_id=uuid.UUID(ids[0]),
+                workflow_id=run.workflow_id,
+                workflow_version=run.workflow_version,
+                now=datetime.now(UTC),
             )
+            await uow.bulk.store_chunk(run, datetime.now(UTC), [again], [], [], [])
+    assert violation.value.constraint_name == "ux_enrollments_bulk"
     assert await _count_enrollments(wr, tenant, workflow_id) == 1
+
+
+async def test_one_step_workflow_takes_the_lean_path_and_reads_the_same(wr: Harness) -> None:
+    """A run into a workflow whose first step is a Manual SMS (the lean path: rows copied from one
+    contact run through the runner, history in one row, events in one outbox batch row): every
+    contact's enrollment, history, outcome and ActionQueued read as a single enrollment's do, a
+    restarted contact keeps its outcome, and the enrollments go on when their actions finish."""
+    tenant, admin = await _tenant(wr)
+    agent = await _agent(admin)
+    created = await admin.post(
+        "/v1/workflows",
+        json={
+            "name": "One SMS",
+            "steps": [
+                {
+                    "id": "sms1",
+                    "type": "manual_sms",
+                    "action_name": "Hi",
+                    "message": "Hi {{contact.first_name}}",
+                }
+            ],
+        },
+    )
+    workflow_id = str(created.json()["id"])
+    assert (await admin.post(f"/v1/workflows/{workflow_id}/publish")).status_code == 200
+    ids = await _contacts(admin, 5, tag="lean")
+    active = ids[0]
+    assert (
+        await admin.post(f"/v1/workflows/{workflow_id}/enrollments", json={"contact_id": active})
+    ).status_code == 201
+    # A contact's owner becomes the action's assignee.
+    assert (await admin.patch(f"/v1/contacts/{ids[1]}", json={"owner_user_id": agent})).status_code == 200
+
+    response = await admin.post(
+        f"/v1/workflows/{workflow_id}/bulk-enrollments",
+        json={
+            "request_id": "lean",
+            "target": {"filter": {"tag": "lean"}},
+            "reenrollment": "allow_reenrollment",
+        },
+    )
+    assert response.status_code == 202, response.text
+    run = await _done(admin, response.json()["id"])
+    assert run["enrolled"] == 5
+
+    pages: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"after": after} if after else {})}
+        page = (await admin.get(f"/v1/bulk-enrollments/{run['id']}/contacts", params=params)).json()
+        pages.extend(page["items"])
+        after = page["next_after"]
+        if after is None:
+            break
+    assert [p["contact_id"] for p in pages] == sorted(ids)
+    outcomes = {p["contact_id"]: p["outcome"] for p in pages}
+    assert outcomes == {c: "restarted" if c == active else "enrolled" for c in ids}
+    only_enrolled = (
+        await admin.get(f"/v1/bulk-enrollments/{run['id']}/contacts", params={"outcome": "enrolled"})
+    ).json()["items"]
+    assert sorted(p["contact_id"] for p in only_enrolled) == sorted(c for c in ids if c != active)
+
+    for contact_id in ids:
+        passes = (await admin.get("/v1/enrollments", params={"contact_id": contact_id})).json()["items"]
+        mine = next(p for p in passes if p["status"] == "waiting")
+        assert [h["event"] for h in mine["history"]] == ["enrolled", "action_queued"]
+        assert mine["history"][0]["detail"]["bulk_enrollment_id"] == run["id"]
+        assert mine["history"][1]["step_id"] == "sms1"
+        assert next(p for p in pages if p["contact_id"] == contact_id)["enrollment_id"] == mine["id"]
+        assert mine["history"][1]["detail"]["assignee_user_id"] == (agent if contact_id == ids[1] else None)
+
+    # It was the lean path: one history row per enrollment, the five events in one outbox row.
+    h, o = tables.enrollment_history.c, tables.outbox.c
+    async with wr.service.engine.connect() as conn:
+        rows = await conn.scalar(
+            select(func.count()).where(
+                h.tenant_id == tenant, h.enrollment_id.in_([uuid.UUID(p["enrollment_id"]) for p in pages])
+            )
+        )
+        batches = (
+            (await conn.execute(select(o.headers).where(o.tenant == tenant, o.key == ""))).scalars().all()
+        )
+        single = (
+            await conn.execute(
+                select(o.headers).where(
+                    o.tenant == tenant, o.key != "", o.value["type"].astext == "ActionQueued"
+                )
+            )
+        ).scalar_one()
+    assert rows == 5
+    assert batches == [[[BATCH_HEADER, "5"], *single]]  # each event gets the single event's headers
+
+    def queued_for_tenant() -> list[dict[str, Any]] | None:
+        found = [json.loads(r.value) for r in wr.recorder.raw("ActionQueued")]  # type: ignore[arg-type]
+        mine = [q for q in found if q["tenant"] == tenant]
+        return mine if len(mine) >= 6 else None  # the single enrollment's and the run's five
+
+    queued = await eventually(queued_for_tenant, what="the run's ActionQueued on the topic")
+    by_enrollment = {q["data"]["enrollment_id"]: q for q in queued}
+    for item in pages:
+        event = by_enrollment[item["enrollment_id"]]
+        assert (
+            event["data"]["message"] == "Hi Contact"
+            and event["data"]["contact"]["contact_id"] == item["contact_id"]
+        )
+        assert event["subject"] == event["data"]["action_id"]
+    # The runner goes on with a lean-path enrollment when its action finishes.
+    first = by_enrollment[pages[1]["enrollment_id"]]
+    await wr.wait_consumed(await wr.produce(action_completed(first)))
+    finished = (await admin.get(f"/v1/enrollments/{pages[1]['enrollment_id']}")).json()
+    assert finished["status"] == "completed"
+    assert [h["event"] for h in finished["history"]][:2] == ["enrolled", "action_queued"]

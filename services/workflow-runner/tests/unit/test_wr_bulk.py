@@ -28,7 +28,14 @@ from workflow_runner.domain.bulk import (
 from workflow_runner.domain.enrollments import Enrollment
 from workflow_runner.domain.errors import InvalidField
 from workflow_runner.handlers import handlers
-from workflow_runner.handlers.bulk import ActionQueuedDocuments, LeanChunk, _mark_bulk, lean_step, random_ids
+from workflow_runner.handlers.bulk import (
+    ActionQueuedDocuments,
+    LeanChunk,
+    _mark_bulk,
+    lean_step,
+    random_ids,
+    random_text_ids,
+)
 
 
 def _run(total: int, drip: Drip | None = None) -> BulkRun:
@@ -194,11 +201,16 @@ def _regular(
     assert action is not None
     rows = RowFormat()
     document = handlers.action_queued(action).to_jsonable()
-    return rows.enrollment(enrollment), rows.history(enrollment), rows.action(action), document
+    history = [entry for row in rows.history(enrollment) for entry in rows.history_of(row)]
+    return rows.enrollment(enrollment, run.id), history, rows.action(action), document
 
 
 def _parsed(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row)
+    """Ids as text, JSON parsed: the lean path writes ids as text (the driver takes either)."""
+    return tuple(
+        str(v) if isinstance(v, uuid.UUID) else json.loads(v) if isinstance(v, str) and v[:1] in "{[" else v
+        for v in row
+    )
 
 
 @pytest.mark.parametrize(
@@ -241,29 +253,42 @@ def test_lean_rows_equal_the_regular_path(specs: list[dict[str, object]]) -> Non
         given.append(uuid.uuid4())
         return given[-1]
 
-    lean = LeanChunk(run, workflow.name, version, step, users, T0, new_id, RowFormat())
+    texts: list[str] = []
+
+    def new_text_id() -> str:
+        texts.append(str(uuid.uuid4()))
+        return texts[-1]
+
+    rows = RowFormat()
+    lean = LeanChunk(run, workflow.name, version, step, users, T0, new_id, rows, new_text_id)
     assert lean.start(people[0]) is not None
     for person in people[1:]:
         lean.add(person)
-    # The probe's ids: enrollment and action (its envelope id is the envelope's own); then three
-    # per contact: enrollment, action, envelope.
-    assert len(given) == 2 + 3 * (len(people) - 1) and len(lean.enrollment_rows) == len(people)
+    # The probe's ids come from the runner (enrollment, action); then three per contact as text:
+    # enrollment, action, envelope.
+    assert len(given) == 2 and len(texts) == 3 * (len(people) - 1)
+    assert len(lean.enrollment_rows) == len(lean.history_rows) == len(lean.action_rows) == len(people)
     for index, person in enumerate(people):
-        first = 0 if index == 0 else 2 + 3 * (index - 1)
-        enrollment_id, action_id = given[first : first + 2]
-        enrollment, history, action, document = _regular(
-            workflow, run, person, users, [enrollment_id, action_id]
-        )
-        assert lean.enrollment_rows[index] == enrollment
-        assert [_parsed(r) for r in lean.history_rows[2 * index : 2 * index + 2]] == [
-            _parsed(r) for r in history
-        ]
-        assert lean.action_rows[index] == action
-        made_id, subject, text = lean.events[index]
-        assert subject == str(action_id) and made_id == uuid.UUID(json.loads(text)["id"])
+        ids = given if index == 0 else [uuid.UUID(t) for t in texts[3 * (index - 1) : 3 * index - 1]]
+        enrollment, history, action, document = _regular(workflow, run, person, users, ids)
+        assert _parsed(lean.enrollment_rows[index]) == _parsed(enrollment)
+        # One row for the two entries, read back as the two the regular path stores.
+        assert rows.history_of(lean.history_rows[index]) == history
+        assert _parsed(lean.action_rows[index]) == _parsed(action)
+        subject, text = lean.events[index]
+        assert subject == str(ids[1])
         if index:
-            assert made_id == given[first + 2]
+            assert json.loads(text)["id"] == texts[3 * index - 1]
         assert {**json.loads(text), "id": None} == {**document, "id": None}
+
+
+def test_random_text_ids_are_version_4_uuid_texts() -> None:
+    new_text_id = random_text_ids(batch=8)
+    texts = [new_text_id() for _ in range(200)]
+    assert len(set(texts)) == 200
+    for made in texts:
+        parsed = uuid.UUID(made)
+        assert str(parsed) == made and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 def test_lean_step_only_for_a_first_manual_step_without_timeout() -> None:

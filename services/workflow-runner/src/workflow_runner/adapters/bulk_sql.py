@@ -105,6 +105,7 @@ ENROLLMENT_COLUMNS = (
             now=datetime.min,
         )
     ),
+    "bulk_enrollment_id",
 )
 ACTION_COLUMNS = ("tenant_id", "id", "action_type", "status", *sql._ACTION_FIELDS)
 _action_fields = operator.attrgetter(*sql._ACTION_FIELDS)
@@ -112,7 +113,7 @@ HISTORY_COLUMNS = ("tenant_id", "enrollment_id", "step_id", "at", "event", "deta
 RESULT_COLUMNS = ("tenant_id", "run_id", "contact_id", "outcome", "enrollment_id", "at")
 
 
-def _enrollment_record(e: Enrollment) -> tuple[Any, ...]:
+def _enrollment_record(e: Enrollment, run_id: uuid.UUID) -> tuple[Any, ...]:
     values = {
         "tenant_id": e.tenant,
         "id": e.id,
@@ -120,6 +121,7 @@ def _enrollment_record(e: Enrollment) -> tuple[Any, ...]:
         "workflow_id": e.workflow_id,
         "created_at": e.created_at,
         **sql.SqlEnrollmentRepository._state(e),
+        "bulk_enrollment_id": run_id,
     }
     return tuple(values[name] for name in ENROLLMENT_COLUMNS)
 
@@ -145,10 +147,28 @@ class RowFormat:
     action_slots = {name: index for index, name in enumerate(ACTION_COLUMNS)}
 
     @staticmethod
-    def history_row(
-        tenant: str, enrollment_id: uuid.UUID, step_id: str | None, at: datetime, event: str, detail: str
+    def folded_history(
+        tenant: str,
+        enrollment_id: Any,
+        at: datetime,
+        entries: Sequence[tuple[str | None, str, dict[str, Any]]],
     ) -> tuple[Any, ...]:
-        return (tenant, enrollment_id, step_id, at, event, detail)
+        """One history row holding ``entries`` (step id, event, detail) of one moment, read back
+        as those entries (``sql.history_entries``): one row instead of one per entry."""
+        (step_id, event, detail), *rest = entries
+        if rest:
+            folded = [{"step_id": s, "event": e, "detail": d} for s, e, d in rest]
+            detail = {**detail, sql.FOLDED_HISTORY: folded}
+        return (tenant, enrollment_id, step_id, at, event, _jsonb(detail))
+
+    @staticmethod
+    def history_of(row: tuple[Any, ...]) -> list[tuple[str | None, datetime, str, dict[str, Any]]]:
+        """The entries a history row stands for: (step id, at, event, detail)."""
+        _, _, step_id, at, event, detail = row
+        return [
+            (h.step_id, h.at, h.event.value, h.detail)
+            for h in sql.history_entries(step_id, at, event, orjson.loads(detail))
+        ]
 
 
 _TARGETS = """
@@ -359,10 +379,12 @@ class SqlBulkRepository(sql._Repository):
     ) -> None:
         """Write a chunk's enrollments (with their history), manual actions, changed contact owners
         and per-contact results, with COPY; ``*_rows`` are more rows already in ``RowFormat``
-        (the lean path's). A result already stored for a contact of this run violates the primary
-        key and fails the whole chunk: nobody is enrolled twice by one run."""
+        (the lean path's). Each enrollment names the run; ``results`` need not list the contacts
+        enrolled so (``results()`` finds them through their enrollment). An enrollment or result
+        already stored for a contact of this run violates a unique index and fails the whole chunk:
+        nobody is enrolled twice by one run."""
         driver = await sql._driver_connection(self._conn)
-        rows = [*enrollment_rows, *(_enrollment_record(e) for e in enrollments)]
+        rows = [*enrollment_rows, *(_enrollment_record(e, run.id) for e in enrollments)]
         if rows:
             await driver.copy_records_to_table("enrollments", columns=ENROLLMENT_COLUMNS, records=rows)
         rows = [*history_rows, *(h for e in enrollments for h in _history_records(e))]
@@ -371,11 +393,11 @@ class SqlBulkRepository(sql._Repository):
         rows = [*action_rows, *(_action_record(a) for a in actions)]
         if rows:
             await driver.copy_records_to_table("manual_actions", columns=ACTION_COLUMNS, records=rows)
-        await driver.copy_records_to_table(
-            "bulk_enrollment_results",
-            columns=RESULT_COLUMNS,
-            records=[(run.tenant, run.id, contact_id, o.value, eid, now) for contact_id, o, eid in results],
-        )
+        rows = [(run.tenant, run.id, contact_id, o.value, eid, now) for contact_id, o, eid in results]
+        if rows:
+            await driver.copy_records_to_table(
+                "bulk_enrollment_results", columns=RESULT_COLUMNS, records=rows
+            )
         if changed_contacts:
             await self._conn.execute(
                 text(
@@ -411,9 +433,9 @@ class SqlBulkRepository(sql._Repository):
         tenant: str,
         message_type: str,
         version: int,
-        envelopes: Sequence[tuple[uuid.UUID, str, str]],
+        envelopes: Sequence[tuple[str, str]],
     ) -> None:
-        """Stage envelopes already in JSON text, ``(envelope id, subject, text)``, all of one tenant,
+        """Stage envelopes already in JSON text, ``(subject, text)``, all of one tenant,
         type and version, as one outbox batch row (``outbox.batch_record``: the relay publishes
         each as its own record, key = subject, with the headers ``outbox_records`` gives a single
         row) and notify the relay."""
@@ -424,30 +446,43 @@ class SqlBulkRepository(sql._Repository):
         await driver.copy_records_to_table(
             "outbox",
             columns=OUTBOX_COPY_COLUMNS,
-            records=[
-                batch_record(topic, tenant, headers, [(subject, text) for _, subject, text in envelopes])
-            ],
+            records=[batch_record(topic, tenant, headers, envelopes)],
         )
         await notify_outbox(self._conn)
 
     async def results(
         self, tenant: str, run_id: uuid.UUID, *, outcome: str | None, after: uuid.UUID | None, limit: int
     ) -> list[tuple[uuid.UUID, str, uuid.UUID | None, datetime]]:
-        r = t.bulk_enrollment_results.c
-        conditions = [r.tenant_id == tenant, r.run_id == run_id]
+        """The run's outcomes in contact id order: the stored results, and "enrolled" for each
+        enrollment that names the run without a result of its own (a restart has one)."""
+        conditions = ""
         if outcome is not None:
-            conditions.append(r.outcome == outcome)
+            conditions += " AND outcome = :outcome"
         if after is not None:
-            conditions.append(r.contact_id > after)
+            conditions += " AND contact_id > :after"
         rows = (
             await self._conn.execute(
-                select(r.contact_id, r.outcome, r.enrollment_id, r.at)
-                .where(*conditions)
-                .order_by(r.contact_id)
-                .limit(limit)
+                text(_RESULTS.format(conditions=conditions)),
+                {"tenant": tenant, "run": run_id, "outcome": outcome, "after": after, "limit": limit},
             )
         ).all()
         return [(row.contact_id, row.outcome, row.enrollment_id, row.at) for row in rows]
+
+
+_RESULTS = """
+    SELECT contact_id, outcome, enrollment_id, at FROM (
+        SELECT contact_id, outcome, enrollment_id, at FROM bulk_enrollment_results
+        WHERE tenant_id = :tenant AND run_id = :run
+        UNION ALL
+        SELECT e.contact_id, 'enrolled', e.id, e.created_at FROM enrollments e
+        WHERE e.tenant_id = :tenant AND e.bulk_enrollment_id = :run
+            AND NOT EXISTS (SELECT 1 FROM bulk_enrollment_results r WHERE r.tenant_id = :tenant
+                            AND r.run_id = :run AND r.contact_id = e.contact_id)
+    ) AS outcomes
+    WHERE true{conditions}
+    ORDER BY contact_id
+    LIMIT :limit
+"""
 
 
 class SqlBulkUnitOfWork(sql.SqlUnitOfWork):

@@ -366,7 +366,6 @@ def contact_conditions(tenant: str, f: ContactFilter) -> list[ColumnElement[bool
     return conditions
 
 
-
 class SqlContactRepository(_Repository):
     async def add(self, contact: Contact) -> None:
         await self._conn.execute(
@@ -643,10 +642,9 @@ class SqlEnrollmentRepository(_Repository):
             current_step_id=row["current_step_id"],
             waiting_action_id=row["waiting_action_id"],
             history=[
-                HistoryEntry(
-                    step_id=e["step_id"], at=e["at"], event=HistoryEvent(e["event"]), detail=dict(e["detail"])
-                )
+                entry
                 for e in history
+                for entry in history_entries(e["step_id"], e["at"], e["event"], e["detail"])
             ],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -748,6 +746,29 @@ _ACTION_FIELDS = (
     "created_at",
     "finished_at",
 )
+
+
+#: Key of a history row's detail that holds further entries of the same moment stored in that row
+#: (bulk enrollment's lean path writes "enrolled" and "action_queued" as one row); reading unfolds
+#: them, so an enrollment's history reads the same either way.
+FOLDED_HISTORY = "_folded"
+
+
+def history_entries(
+    step_id: str | None, at: datetime, event: str, detail: Mapping[str, Any]
+) -> list[HistoryEntry]:
+    """The history entries of one ``enrollment_history`` row (one, or more when folded)."""
+    own = dict(detail)
+    folded = own.pop(FOLDED_HISTORY, None) or ()
+    return [
+        HistoryEntry(step_id=step_id, at=at, event=HistoryEvent(event), detail=own),
+        *(
+            HistoryEntry(
+                step_id=f["step_id"], at=at, event=HistoryEvent(f["event"]), detail=dict(f["detail"])
+            )
+            for f in folded
+        ),
+    ]
 
 
 class SqlActionRepository(_Repository):

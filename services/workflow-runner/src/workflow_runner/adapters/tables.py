@@ -190,6 +190,12 @@ enrollments = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("timer_id", Uuid, nullable=True, comment="The timer that may wake it; any other is stale"),
     Column("last_outcome", Text, nullable=True, comment="Outcome key of its latest manual action"),
+    Column(
+        "bulk_enrollment_id",
+        Uuid,
+        nullable=True,
+        comment="The bulk enrollment run that started it (null: started on its own)",
+    ),
     PrimaryKeyConstraint("tenant_id", "id", name="pk_enrollments"),
     ForeignKeyConstraint(
         ["tenant_id", "contact_id"], ["contacts.tenant_id", "contacts.id"], name="fk_enrollments_contact"
@@ -210,6 +216,15 @@ enrollments = Table(
         postgresql_where=text("status IN ('active', 'waiting')"),
     ),
     Index("ix_enrollments_contact", "tenant_id", "contact_id"),
+    # A run enrolls a contact once (migration 0006); also its enrolled contacts in id order.
+    Index(
+        "ux_enrollments_bulk",
+        "tenant_id",
+        "bulk_enrollment_id",
+        "contact_id",
+        unique=True,
+        postgresql_where=text("bulk_enrollment_id IS NOT NULL"),
+    ),
 )
 
 enrollment_history = Table(

@@ -109,9 +109,9 @@ class BulkRepository(Protocol):
         tenant: str,
         message_type: str,
         version: int,
-        envelopes: Sequence[tuple[uuid.UUID, str, str]],
+        envelopes: Sequence[tuple[str, str]],
     ) -> None:
-        """Stage envelopes already in JSON text: (envelope id, subject, text), one tenant and type."""
+        """Stage envelopes already in JSON text, (subject, text), of one tenant, type and version."""
         ...
 
     @property
@@ -129,19 +129,18 @@ class BulkRows(Protocol):
     enrollment_slots: tuple[int, ...]  # id, contact_id, waiting_action_id
     action_slots: Mapping[str, int]  # column name -> position
 
-    def enrollment(self, e: Enrollment) -> tuple[Any, ...]: ...
+    def enrollment(self, e: Enrollment, run_id: uuid.UUID) -> tuple[Any, ...]: ...
     def history(self, e: Enrollment) -> list[tuple[Any, ...]]: ...
     def action(self, a: ManualAction) -> tuple[Any, ...]: ...
     def jsonb(self, value: Any) -> str: ...
-    def history_row(
+    def folded_history(
         self,
         tenant: str,
-        enrollment_id: uuid.UUID,
-        step_id: str | None,
+        enrollment_id: Any,
         at: datetime,
-        event: str,
-        detail: str,
+        entries: Sequence[tuple[str | None, str, dict[str, Any]]],
     ) -> tuple[Any, ...]: ...
+    def history_of(self, row: tuple[Any, ...]) -> list[tuple[str | None, datetime, str, dict[str, Any]]]: ...
 
 
 class BulkUnitOfWork(UnitOfWork, Protocol):
@@ -329,6 +328,27 @@ def random_ids(batch: int = 4096) -> Callable[[], uuid.UUID]:
     return new_id
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def random_text_ids(batch: int = 4096) -> Callable[[], str]:
+    """Like ``random_ids``, the ids as their canonical text (what the lean path writes: the
+    database driver takes text for a uuid column and the envelopes need the text anyway)."""
+    texts: list[str] = []
+
+    def new_text_id() -> str:
+        if not texts:
+            raw = os.urandom(16 * batch).hex()
+            texts.extend(
+                f"{raw[i : i + 8]}-{raw[i + 8 : i + 12]}-4{raw[i + 13 : i + 16]}-"
+                f"{_VARIANT[raw[i + 16]]}{raw[i + 17 : i + 20]}-{raw[i + 20 : i + 32]}"
+                for i in range(0, len(raw), 32)
+            )
+        return texts.pop()
+
+    return new_text_id
+
+
 class ActionQueuedDocuments:
     """ActionQueued envelopes (as JSON documents) for many actions, equal to
     ``handlers.action_queued(action).to_jsonable()`` apart from the envelope id.
@@ -470,8 +490,8 @@ async def run_chunk(
                 for contact in to_enroll:
                     if contact is not probe:
                         enrollment_id = lean.add(contact)
-                    outcome = Outcome.RESTARTED if contact.id in restarted else Outcome.ENROLLED
-                    results.append((contact.id, outcome, enrollment_id))
+                    if contact.id in restarted:  # the enrolled are found through their enrollment
+                        results.append((contact.id, Outcome.RESTARTED, uuid.UUID(enrollment_id)))
                 to_enroll = []
         for contact in to_enroll:
             enrollment = Enrollment.start(
@@ -494,13 +514,15 @@ async def run_chunk(
             )
             result = runner.start(enrollment, ctx)
             outcome = Outcome.RESTARTED if contact.id in restarted else Outcome.ENROLLED
-            results.append((contact.id, outcome, enrollment.id))
             if not _fast_path(result):
                 # An effect the batch writer does not know (a timer, say): store this one the way a
-                # single enrollment is stored, in the same transaction.
+                # single enrollment is stored, in the same transaction, with its result row.
+                results.append((contact.id, outcome, enrollment.id))
                 await uow.enrollments.add(enrollment)
                 await handlers._apply(uow, workflow.id, ctx, result, causation_id=None)
                 continue
+            if outcome is Outcome.RESTARTED:  # the enrolled are found through their enrollment
+                results.append((contact.id, outcome, enrollment.id))
             enrollments.append(enrollment)
             if result.action is not None:
                 actions.append(result.action)
@@ -621,11 +643,14 @@ class LeanChunk:
     """The rows and ActionQueued outbox values of a chunk's enrollments into a ``lean_step``
     version, built as tuples and JSON text without per-contact domain objects.
 
-    The first contact (the probe) goes through exactly what the regular path does (``Enrollment.start``,
-    ``runner.start``, the row builders, ``handlers.action_queued``); every other contact's rows are
-    the probe's with the per-contact values replaced. ``start`` refuses (returns False) when the
-    probe's real rows differ from what the lean path makes for the probe itself, and the caller then
-    takes the regular path: the lean path never writes something the regular one would not.
+    The first contact (the probe) goes through exactly what the regular path does
+    (``Enrollment.start``, ``runner.start``, the row builders, ``handlers.action_queued``); every
+    other contact's rows are the probe's with the per-contact values replaced. ``start`` refuses
+    (returns None) when the probe's real rows differ from what the lean path makes for the probe
+    itself, and the caller then takes the regular path: the lean path never writes something the
+    regular one would not. Differences in form only: ids as text (the driver takes either), and the
+    "enrolled" and "action_queued" history entries in one row (``BulkRows.folded_history``, read
+    back as the two entries).
     """
 
     def __init__(
@@ -638,6 +663,7 @@ class LeanChunk:
         now: datetime,
         new_id: Callable[[], uuid.UUID],
         rows: BulkRows,
+        new_text_id: Callable[[], str] | None = None,
     ) -> None:
         self._rows = rows
         self._slots = rows.enrollment_slots
@@ -649,6 +675,7 @@ class LeanChunk:
         self._users = users
         self._now = now
         self._new_id = new_id
+        self._new_text_id = new_text_id or random_text_ids()
         self._sms = isinstance(step, ManualSms)
         template = step.message if isinstance(step, ManualSms) else step.notes
         self._render = _Renderer(template) if template is not None else None
@@ -658,13 +685,13 @@ class LeanChunk:
         self.enrollment_rows: list[tuple[Any, ...]] = []
         self.history_rows: list[tuple[Any, ...]] = []
         self.action_rows: list[tuple[Any, ...]] = []
-        self.events: list[tuple[uuid.UUID, str, str]] = []  # (envelope id, subject, JSON text)
+        self.events: list[tuple[str, str]] = []  # (subject, envelope JSON text)
         self._enrollment: list[Any] = []
         self._action: list[Any] = []
-        self._enrolled_detail = ""
+        self._enrolled: dict[str, Any] = {}
         self._document: dict[str, Any] = {}
 
-    def start(self, probe: Contact) -> uuid.UUID | None:
+    def start(self, probe: Contact) -> str | None:
         """Enroll the probe contact through the regular domain code and take its rows as the
         templates; returns its enrollment id, or None when the lean rows would differ."""
         run, now = self._run, self._now
@@ -692,31 +719,33 @@ class LeanChunk:
             return None
         document = handlers.action_queued(action).to_jsonable()
         rows = self._rows
-        real = (
-            [rows.enrollment(enrollment)],
-            rows.history(enrollment),
-            [rows.action(action)],
-            [(uuid.UUID(document["id"]), document["subject"], rows.jsonb(document))],
-        )
-        self._enrollment = list(real[0][0])
-        self._action = list(real[2][0])
-        self._enrolled_detail = real[1][0][5]  # the same for every contact of the run
+        real_enrollment = rows.enrollment(enrollment, run.id)
+        real_history = rows.history(enrollment)
+        real_action = rows.action(action)
+        self._enrollment = list(real_enrollment)
+        self._action = list(real_action)
+        self._enrolled = dict(enrollment.history[0].detail)  # the same for every contact of the run
         self._document = document
         self.message_type, self.message_version = document["type"], int(document["version"])
-        self.add(probe, ids=(enrollment.id, action.id, uuid.UUID(document["id"])))
-        made = (self.enrollment_rows, self.history_rows, self.action_rows, self.events)
-        if [orjson.loads(r[5]) for r in made[1]] != [orjson.loads(r[5]) for r in real[1]] or any(
-            _comparable(m) != _comparable(r) for m, r in zip(made, real, strict=True)
+        enrollment_id = self.add(probe, ids=(str(enrollment.id), str(action.id), document["id"]))
+        made_history = [entry for row in self.history_rows for entry in rows.history_of(row)]
+        if (
+            _comparable(self.enrollment_rows) != _comparable([real_enrollment])
+            or made_history != [entry for row in real_history for entry in rows.history_of(row)]
+            or _comparable(self.action_rows) != _comparable([real_action])
+            or self.events[0][0] != document["subject"]
+            or orjson.loads(self.events[0][1]) != orjson.loads(rows.jsonb(document))
         ):
             log.warning("bulk enrollment lean path disagrees with the runner; regular path taken")
             return None
-        return enrollment.id
+        return enrollment_id
 
-    def add(
-        self, contact: Contact, *, ids: tuple[uuid.UUID, uuid.UUID, uuid.UUID] | None = None
-    ) -> uuid.UUID:
+    def add(self, contact: Contact, *, ids: tuple[str, str, str] | None = None) -> str:
         """Enroll one more contact (as ``runner.start`` would); returns its enrollment id."""
-        enrollment_id, action_id, event_id = ids or (self._new_id(), self._new_id(), self._new_id())
+        if ids is None:
+            new = self._new_text_id
+            ids = (new(), new(), new())
+        enrollment_id, action_id, event_id = ids
         tenant, now = self._run.tenant, self._now
         assignee = contact.owner_user_id
         text = (
@@ -729,36 +758,35 @@ class LeanChunk:
         row[e_id], row[e_contact], row[e_waiting] = enrollment_id, contact.id, action_id
         self.enrollment_rows.append(tuple(row))
         action = self._action.copy()
-        _A = self._a
-        action[_A["id"]] = action_id
-        action[_A["enrollment_id"]] = enrollment_id
-        action[_A["contact_id"]] = contact.id
-        action[_A["contact_name"]] = contact.name
-        action[_A["contact_phone"]] = contact.phone
-        action[_A["assignee_user_id"]] = assignee
-        action[_A["message" if self._sms else "notes"]] = text
+        slot = self._a
+        action[slot["id"]] = action_id
+        action[slot["enrollment_id"]] = enrollment_id
+        action[slot["contact_id"]] = contact.id
+        action[slot["contact_name"]] = contact.name
+        action[slot["contact_phone"]] = contact.phone
+        action[slot["assignee_user_id"]] = assignee
+        action[slot["message" if self._sms else "notes"]] = text
         self.action_rows.append(tuple(action))
-        action_text = str(action_id)
         assignee_text = str(assignee) if assignee is not None else None
         detail: dict[str, Any] = {
-            "action_id": action_text,
+            "action_id": action_id,
             "action_type": self.action_type,
             "assignee_user_id": assignee_text,
         }
         if contact.phone is None:
             detail["warning"] = "the contact has no valid phone number"
-        jsonb = self._rows.jsonb
-        history_row = self._rows.history_row
         self.history_rows.append(
-            history_row(tenant, enrollment_id, None, now, "enrolled", self._enrolled_detail)
-        )
-        self.history_rows.append(
-            history_row(tenant, enrollment_id, self._step.id, now, "action_queued", jsonb(detail))
+            self._rows.folded_history(
+                tenant,
+                enrollment_id,
+                now,
+                [(None, "enrolled", self._enrolled), (self._step.id, "action_queued", detail)],
+            )
         )
         template = self._document
         data = dict(template["data"])
-        data["action_id"] = action_text
-        data["enrollment_id"] = str(enrollment_id)
+        data["action_id"] = action_id
+        data["enrollment_id"] = enrollment_id
         data["contact"] = {
             **data["contact"],
             "contact_id": str(contact.id),
@@ -768,17 +796,22 @@ class LeanChunk:
         data["assignee_user_id"] = assignee_text
         data["message" if self._sms else "notes"] = text
         self.events.append(
-            (
-                event_id,
-                action_text,
-                jsonb({**template, "id": str(event_id), "subject": action_text, "data": data}),
-            )
+            (action_id, self._rows.jsonb({**template, "id": event_id, "subject": action_id, "data": data}))
         )
         return enrollment_id
 
 
 def _comparable(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows with JSON text parsed (jsonb keeps the value, not the spelling)."""
+    """Rows with ids as text and JSON text parsed (the driver takes an id either way; jsonb keeps
+    the value, not the spelling)."""
     return [
-        tuple(orjson.loads(v) if isinstance(v, str) and v[:1] in "{[" else v for v in row) for row in rows
+        tuple(
+            str(v)
+            if isinstance(v, uuid.UUID)
+            else orjson.loads(v)
+            if isinstance(v, str) and v[:1] in "{["
+            else v
+            for v in row
+        )
+        for row in rows
     ]
