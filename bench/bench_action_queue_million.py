@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import cProfile
 import hashlib
 import json
 import os
@@ -102,6 +103,9 @@ WHERE tablename = 'manual_actions' AND indexname <> 'manual_actions_pkey'
 """
 
 BENCH_PATH = "/__bench"  # the server process's own endpoint: its measurements, and the plans
+# BENCH_MILLION_PROFILE=<path>: the server process profiles each measured round (cProfile) and
+# writes <path>.next and <path>.list (read them with pstats).
+PROFILE = os.environ.get("BENCH_MILLION_PROFILE")
 
 
 def _user(t: int, u: int) -> str:
@@ -140,6 +144,7 @@ class ServerTiming:
         self._count: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("n", default=None)
         self.cpu_started = time.process_time()
         self.http_protocol = "?"
+        self.profile: cProfile.Profile | None = None
         for engine in engines:
             event.listen(engine.sync_engine, "before_cursor_execute", self._before)
             event.listen(engine.sync_engine, "after_cursor_execute", self._after)
@@ -190,9 +195,17 @@ class ServerTiming:
             for store in (self.seconds, self.statements, self.sql_seconds):
                 store.clear()
             self.cpu_started = time.process_time()
+            if PROFILE:
+                self.profile = cProfile.Profile()
+                self.profile.enable()
         elif scope["path"].endswith("/plans"):
             body = await self._plans()
         else:
+            if self.profile is not None:
+                self.profile.disable()
+                label = "-".join(sorted(self.seconds)) or "none"
+                self.profile.dump_stats(f"{PROFILE}.{label}")
+                self.profile = None
             body = {"seconds": self.seconds, "statements": self.statements, "sql_seconds": self.sql_seconds,
                     "cpu_seconds": time.process_time() - self.cpu_started,
                     "loop": type(asyncio.get_running_loop()).__module__,

@@ -308,3 +308,23 @@ async def test_tenant_exists_remembers_found_tenants_never_misses(engine: AsyncE
         assert len(queries) == 1 and "tenants" in queries[0]
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", listener)
+
+
+async def test_lookups_leave_the_pooled_connection_transactional(stack: Any) -> None:
+    # Token and tenant lookups run without a transaction (autocommit); the connection they return
+    # to the pool must again roll back what a later transaction on it did not commit.
+    engine = create_async_engine(stack.database_url("identity_test"), pool_size=1, max_overflow=0)
+    store = IdentityStore(engine)
+    tenant = new_tenant_id()
+    try:
+        await store.create_schema()
+        await store.create_tenant(tenant, "Acme")
+        token = await store.issue_token(tenant, Role.AGENT)
+        assert await store.authenticate(token) is not None
+        assert await store.tenant_exists(tenant)
+        async with engine.connect() as conn, conn.begin() as transaction:
+            await conn.execute(api_tokens.delete().where(api_tokens.c.id == split(token)[0]))
+            await transaction.rollback()
+        assert await IdentityStore(engine).authenticate(token) is not None  # the delete was undone
+    finally:
+        await engine.dispose()

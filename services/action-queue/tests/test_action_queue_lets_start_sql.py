@@ -13,9 +13,10 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from aq_factories import T0, action_queued
 from aq_harness import Harness
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from action_queue.adapters.tables import outbox
 from action_queue.domain import ActionStatus, Actor, ManualAction
@@ -159,3 +160,22 @@ async def test_a_held_caller_gets_nothing_and_locks_nothing(aq: Harness) -> None
         again = await uow.actions.next_reservable(tenant, agent, NOW)  # not left locked
     assert again == action
     assert await _outbox_of(aq, action.id) == []
+
+
+async def test_a_read_only_unit_of_work_has_no_transaction_and_refuses_writes(aq: Harness) -> None:
+    reads = aq.service.uow.reading()
+    async with reads() as uow:
+        conn = uow._connection  # what the repositories run on
+        first = (await conn.execute(text("SELECT now()"))).scalar_one()
+        await asyncio.sleep(0.01)
+        second = (await conn.execute(text("SELECT now()"))).scalar_one()
+        assert second > first  # now() is the transaction's start: each statement was its own
+        with pytest.raises(RuntimeError, match="read-only"):
+            await uow.publish("x", None)  # refused before the envelope is looked at
+        with pytest.raises(RuntimeError, match="read-only"):
+            await uow.commit()
+    async with aq.service.uow() as uow:
+        conn = uow._connection
+        first = (await conn.execute(text("SELECT now()"))).scalar_one()
+        await asyncio.sleep(0.01)
+        assert (await conn.execute(text("SELECT now()"))).scalar_one() == first

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from manual_actions.db import advisory_lock_key
 
@@ -127,6 +127,13 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return token_id, secret
 
 
+async def _autocommit(conn: AsyncConnection) -> None:
+    """Run ``conn``'s statements without a transaction: a lookup is one SELECT, and the BEGIN and
+    ROLLBACK around it would cost two more round trips (token checks are on every request's path).
+    The pool gives the connection back in its default isolation level."""
+    await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @dataclass
 class _CacheEntry:
     expires_at: float
@@ -213,6 +220,7 @@ class IdentityStore:
         if expires is not None and expires > now:
             return True
         async with self._engine.connect() as conn:
+            await _autocommit(conn)
             found = await conn.scalar(select(tenants.c.id).where(tenants.c.id == tenant))
         if found is None:
             self._known_tenants.pop(tenant, None)
@@ -314,6 +322,7 @@ class IdentityStore:
             .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
         )
         async with self._engine.connect() as conn:
+            await _autocommit(conn)
             row = (await conn.execute(query)).mappings().first()
         if row is None:
             return None
