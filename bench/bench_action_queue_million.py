@@ -5,9 +5,10 @@
 Loads 1,000,000 actions into a fresh action-queue database (100 tenants x 100 assignees = 10,000
 assignees, each with the whole mix: 70% queued, 8% reserved, 5% snoozed, 2% scheduled, 10%
 completed, 3% skipped, 2% deleted; a third calls; four priorities; half with a due time; 20
-workflows per tenant) with one ``INSERT ... SELECT`` from ``generate_series`` inside PostgreSQL
-(no Python per row) into the table without its secondary indexes and primary key, which are
-created again afterwards (as the migrations define them), then VACUUM ANALYZE.
+workflows per tenant; each with the history entry of its arrival) with one ``INSERT ... SELECT``
+from ``generate_series`` inside PostgreSQL (no Python per row) into the table without its
+secondary indexes and primary key, which are created again afterwards (as the migrations define
+them), then VACUUM ANALYZE.
 
 The app is served by uvicorn in its own process (as ``./dev up`` runs it, without the background
 loops, so nothing else competes), started before the load so it runs the code of that moment.
@@ -83,7 +84,8 @@ SELECT gen_random_uuid(), 'bench-t' || lpad(t::text, 3, '0'),
     q.queued_at,
     CASE WHEN (j / 3) % 2 = 0 THEN q.queued_at + (((j / 13) % 72) || ' hours')::interval END,
     CASE WHEN s.status IN ('completed', 'skipped') THEN q.queued_at + interval '1 hour' END,
-    1, '[]'::jsonb
+    1, jsonb_build_array(jsonb_build_object('at', q.queued_at, 'from', NULL, 'to', 'queued', 'by', NULL,
+                                            'reason', NULL))
 FROM generate_series(0, :count - 1) AS i,
     -- row i belongs to tenant t; j numbers the rows within the tenant, and assignee a = j % 100 while
     -- every other attribute is drawn from other digits of j, so each assignee has the whole mix.
