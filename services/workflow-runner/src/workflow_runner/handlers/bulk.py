@@ -14,7 +14,9 @@ one pydantic-made template per step instead of one model per action.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -23,7 +25,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -428,9 +430,41 @@ async def run_chunk(
     new_id: Callable[[], uuid.UUID] | None = None,
 ) -> BulkRun | None:
     """Work the next chunk of the run that is due soonest; None when no run is due. ``new_id``
-    makes the ids of enrollments, actions and events (default: ``random_ids()``)."""
+    makes the ids of enrollments, actions and events (default: ``random_ids``)."""
     started = time.perf_counter()
-    new_id = new_id or random_ids()
+    # A smaller refill than random_ids' default: on the lean path a chunk takes only its probe's
+    # ids from here (its other ids come as text from random_text_ids).
+    new_id = new_id or random_ids(batch=512)
+    with collector_paused():
+        return await _run_chunk(uow, clock=clock, chunk=chunk, new_id=new_id, started=started)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (process-wide) for the block, then restore it.
+
+    Why: a chunk allocates some 100,000 container objects (row tuples, lists, dicts) that live until
+    it commits; the collector's passes triggered by them (over them and every older object) cost
+    20 to 40 µs of CPU per contact, a quarter of the chunk's Python. A chunk makes no reference cycles
+    worth collecting, and whatever other tasks leave behind meanwhile is collected after the block
+    (a chunk takes well under a second)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def _run_chunk(
+    uow: BulkUnitOfWork,
+    *,
+    clock: Clock,
+    chunk: int,
+    new_id: Callable[[], uuid.UUID],
+    started: float,
+) -> BulkRun | None:
     async with uow:
         now = clock()
         run = await uow.bulk.claim_due(now)
