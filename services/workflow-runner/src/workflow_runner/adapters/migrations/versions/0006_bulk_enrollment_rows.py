@@ -8,6 +8,10 @@ A contact a run enrolled is found through its enrollment (``bulk_enrollment_id``
 ``bulk_enrollment_results`` keeps only the other outcomes (skips, restarts). The unique index is
 what keeps a run from enrolling one contact twice (a chunk worked again fails on it), as the
 results' primary key did, and serves the run's contact listing in contact id order.
+
+The outbox's values are stored without compression: a bulk chunk's events are one batch row of
+about 0.8 MB, and compressing it cost PostgreSQL about a third of that row's write (10 µs per
+event, measured); the single rows stay under the size where PostgreSQL would compress anyway.
 """
 
 from collections.abc import Sequence
@@ -38,8 +42,10 @@ def upgrade() -> None:
         unique=True,
         postgresql_where=sa.text("bulk_enrollment_id IS NOT NULL"),
     )
+    op.execute("ALTER TABLE outbox ALTER COLUMN value SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE outbox ALTER COLUMN value SET STORAGE EXTENDED")
     op.drop_index("ux_enrollments_bulk", table_name="enrollments")
     op.drop_column("enrollments", "bulk_enrollment_id")
