@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from aq_factories import T0, action_queued
+from aq_factories import T0, action_queued, wrap
 from aq_harness import Harness
 from sqlalchemy import event, select, text
 
@@ -23,7 +23,7 @@ from action_queue.domain import ActionStatus, Actor, ManualAction
 from action_queue.domain.checks import ContactState
 from action_queue.domain.people import OUT_OF_OFFICE, OutOfOffice, QueueSettings, UserState
 from action_queue.handlers import queue
-from manual_actions.contracts import ActionType
+from manual_actions.contracts import ActionType, topics
 
 NOW = T0 + timedelta(hours=3)  # noon UTC: outside the default quiet hours
 
@@ -179,3 +179,15 @@ async def test_a_read_only_unit_of_work_has_no_transaction_and_refuses_writes(aq
         first = (await conn.execute(text("SELECT now()"))).scalar_one()
         await asyncio.sleep(0.01)
         assert (await conn.execute(text("SELECT now()"))).scalar_one() == first
+
+
+async def test_many_staged_messages_are_written_in_order_in_chunks(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    envelopes = [wrap(action_queued(), tenant=tenant, subject=uuid.uuid4(), sequence=1) for _ in range(2_100)]
+    async with aq.service.uow() as uow:
+        for envelope in envelopes:
+            await uow.publish(topics.ACTION_LIFECYCLE, envelope)
+        await uow._staged.flush(uow._connection)  # what commit does first; rolled back below
+        query = select(outbox.c.message_id).where(outbox.c.tenant == tenant).order_by(outbox.c.id)
+        written = (await uow._connection.execute(query)).scalars().all()
+    assert written == [e.id for e in envelopes]

@@ -178,21 +178,32 @@ class _Staged:
             # Let's Start's case, one prepared statement: the UPDATE and one outbox row.
             statement = _SAVE_AND_STAGE_ONE[save[2]]
             parameters = {**save[1], **{f"o_{name}": value for name, value in rows[0].items()}}
+            rows = []
         else:
             columns: list[Any] = []
             if save is not None:
                 saved = (_SAVE_APPENDING if save[2] else _SAVE).returning(t.c.id).cte("saved")
                 columns.append(select(func.count()).select_from(saved).scalar_subquery().label("saved"))
                 parameters = save[1]
-            if rows:
+            first, rows = rows[:_OUTBOX_ROWS_PER_STATEMENT], rows[_OUTBOX_ROWS_PER_STATEMENT:]
+            if first:
                 columns.append(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "").label("notified"))
             statement = select(*columns)
-            if rows:
-                statement = statement.add_cte(insert(outbox_table).values(rows).cte("staged"))
+            if first:
+                statement = statement.add_cte(insert(outbox_table).values(first).cte("staged"))
         row = (await conn.execute(statement, parameters)).mappings().first()
         if save is not None and (row is None or row["saved"] != 1):
             action = save[0]
             raise LookupError(f"manual action {action.id} of tenant {action.tenant} vanished while saving")
+        # A batch's many messages: further statements, in order (PostgreSQL takes at most 32,767
+        # parameters in one statement).
+        for start in range(0, len(rows), _OUTBOX_ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _OUTBOX_ROWS_PER_STATEMENT]
+            await conn.execute(select(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, ""))
+                               .add_cte(insert(outbox_table).values(chunk).cte("staged")))
+
+
+_OUTBOX_ROWS_PER_STATEMENT = 1000  # six parameters each
 
 
 def _next_reservable_statement() -> Any:
