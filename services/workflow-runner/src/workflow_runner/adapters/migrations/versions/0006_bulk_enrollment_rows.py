@@ -10,7 +10,7 @@ what keeps a run from enrolling one contact twice (a chunk worked again fails on
 results' primary key did, and serves the run's contact listing in contact id order.
 
 The outbox's values are stored without compression: a bulk chunk's events are one batch row of
-about 0.8 MB, and compressing it cost PostgreSQL about a third of that row's write (10 µs per
+about 1 MB, and compressing it cost PostgreSQL about a third of that row's write (10 µs per
 event, measured); the single rows stay under the size where PostgreSQL would compress anyway.
 """
 
