@@ -157,9 +157,9 @@ class _Staged:
     """Writes a unit of work holds back to send in one statement: the outbox rows ``publish``
     staged (with the relay's NOTIFY) and the UPDATE of at most one action that Let's Start locked
     (``SqlActionRepository.save``). ``flush`` writes them in the order they were made; the unit of
-    work flushes before it commits and the action repository before each of its statements, so
-    no read in the transaction misses a held-back write and an UPDATE that finds no row still
-    fails the use case (``LookupError``) before anything commits."""
+    work flushes before it commits, and the action repository before each of its statements while
+    an UPDATE is held back, so no read in the transaction misses a held-back write and an UPDATE
+    that finds no row still fails the use case (``LookupError``) before anything commits."""
 
     def __init__(self) -> None:
         self.save: tuple[ManualAction, dict[str, Any], bool] | None = None  # action, parameters, appending
@@ -167,6 +167,12 @@ class _Staged:
 
     def clear(self) -> None:
         self.save, self.outbox = None, []
+
+    async def flush_held_save(self, conn: AsyncConnection) -> None:
+        """``flush`` if an UPDATE is held back (before a statement on the action table; outbox rows
+        alone can wait for the commit: nothing reads them)."""
+        if self.save is not None:
+            await self.flush(conn)
 
     async def flush(self, conn: AsyncConnection) -> None:
         save, rows = self.save, self.outbox
@@ -309,7 +315,7 @@ class SqlActionRepository:
 
     async def get(self, tenant: str, action_id: uuid.UUID, *,
                   for_update: bool = False) -> ManualAction | None:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         statement = select(t).where(t.c.tenant_id == tenant, t.c.id == action_id)
         if for_update:
             statement = statement.with_for_update()
@@ -323,7 +329,7 @@ class SqlActionRepository:
         values["v_status"] = action.status.value
         values["v_history"] = _history_to_json(action.history[stored:] if appending else action.history)
         parameters = {**values, "key_id": action.id, "key_tenant": action.tenant}
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         if stored is not None:
             # Let's Start: held back to go with the outbox row in one statement (``_Staged``).
             self._staged.save = (action, parameters, appending)
@@ -334,7 +340,7 @@ class SqlActionRepository:
 
     async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
                               now: datetime) -> ManualAction | None:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         # One round trip for everything Let's Start reads: the locked action, its contact (checks
         # at the moment of work, proposal), the caller (out of office, proposal: the caller is the
         # assignee) and the tenant's settings. The last three are kept for the repositories of
@@ -356,7 +362,7 @@ class SqlActionRepository:
         return action
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         # One query per kind of work so each uses its partial index; SKIP LOCKED lets several
         # replicas (and people working the queue) proceed without waiting for each other.
         kinds = [
@@ -381,7 +387,7 @@ class SqlActionRepository:
 
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
                    sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         statement = _filtered(select(t), tenant, filters)
         columns = [(t.c[name], descending) for name, descending in sort.columns]
         if after is not None:
@@ -391,7 +397,7 @@ class SqlActionRepository:
         return [_action(row) for row in rows]
 
     async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         statement = _filtered(select(t.c.status, t.c.action_type, func.count()), tenant,
                               replace(filters, statuses=()))
         rows = (await self._conn.execute(statement.group_by(t.c.status, t.c.action_type))).all()
@@ -399,7 +405,7 @@ class SqlActionRepository:
 
     async def matching_ids(self, tenant: str, filters: ActionFilter, *, after: uuid.UUID | None,
                            limit: int) -> Sequence[uuid.UUID]:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         statement = _filtered(select(t.c.id), tenant, filters)
         if after is not None:
             statement = statement.where(t.c.id > after)
@@ -407,13 +413,13 @@ class SqlActionRepository:
         return list(rows)
 
     async def get_many(self, tenant: str, ids: Sequence[uuid.UUID]) -> Sequence[ManualAction]:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         statement = (select(t).where(t.c.tenant_id == tenant, t.c.id.in_(list(ids))).order_by(t.c.id)
                      .with_for_update())
         return [_action(row) for row in (await self._conn.execute(statement)).mappings().all()]
 
     async def save_many(self, actions: Sequence[ManualAction]) -> None:
-        await self._staged.flush(self._conn)
+        await self._staged.flush_held_save(self._conn)
         # One statement for the whole chunk: the rows travel as one JSON array that PostgreSQL
         # unpacks with jsonb_to_recordset (an executemany of single-row UPDATEs is several times slower).
         if not actions:
