@@ -22,9 +22,9 @@ Measured at the server, inside its process, so the clients' CPU does not count: 
 auth, handler, all its SQL, serialisation), the SQL statement the benchmark is about (SQLAlchemy's
 before/after cursor events around it), the statements per request (cursor executes on the
 service's and the identity store's engines; BEGIN, COMMIT and the pool's pre-ping are not cursor
-executes) and the server's CPU seconds per request. Prints p50/p95/p99/max of each, the load
-average, and the plans (``EXPLAIN (ANALYZE, BUFFERS)``) of the statements, captured from the real
-calls. ``BENCH_MILLION_COUNT`` changes the number of actions.
+executes) and the server's CPU seconds per request. Prints p50/p95/p99/max of each (of the list
+also per filter), the load average, and the plans (``EXPLAIN (ANALYZE, BUFFERS)``) of the
+statements, captured from the real calls. ``BENCH_MILLION_COUNT`` changes the number of actions.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ class ServerTiming:
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.statements: dict[str, list[int]] = defaultdict(list)
         self.sql_seconds: dict[str, list[float]] = defaultdict(list)
+        self.by_filter: dict[str, list[float]] = defaultdict(list)  # list requests by their filter
         self.first: dict[str, tuple[str, Any]] = {}  # statement -> (kind, parameters), first of each
         self._count: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("n", default=None)
         self.cpu_started = time.process_time()
@@ -177,7 +178,9 @@ class ServerTiming:
         if scope["type"] == "http" and scope["path"].startswith(BENCH_PATH):
             await self._own(scope, send)
             return
-        label = dict(scope.get("headers") or []).get(b"x-bench-label", b"other").decode()
+        headers = dict(scope.get("headers") or [])
+        label = headers.get(b"x-bench-label", b"other").decode()
+        list_filter = headers.get(b"x-bench-filter", b"").decode()
         _label.set(label)
         counter = [0]
         self._count.set(counter)
@@ -188,13 +191,15 @@ class ServerTiming:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.seconds[label].append(time.perf_counter() - started)
                 self.statements[label].append(counter[0])
+                if list_filter:
+                    self.by_filter[list_filter].append(self.seconds[label][-1])
 
         await self.app(scope, receive, timed_send)
 
     async def _own(self, scope: Scope, send: Send) -> None:
         body: Any = None
         if scope["method"] == "DELETE":
-            for store in (self.seconds, self.statements, self.sql_seconds):
+            for store in (self.seconds, self.statements, self.sql_seconds, self.by_filter):
                 store.clear()
             self.cpu_started = time.process_time()
             if PROFILE:
@@ -209,6 +214,7 @@ class ServerTiming:
                 self.profile.dump_stats(f"{PROFILE}.{label}")
                 self.profile = None
             body = {"seconds": self.seconds, "statements": self.statements, "sql_seconds": self.sql_seconds,
+                    "by_filter": self.by_filter,
                     "cpu_seconds": time.process_time() - self.cpu_started,
                     "loop": type(asyncio.get_running_loop()).__module__,
                     "http": self.http_protocol}
@@ -334,15 +340,18 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                                                           label=f"bench {run}"), tenant))
         rnd = random.Random(11)
 
-        def list_query(t: int) -> dict[str, Any]:
+        def list_query(t: int) -> tuple[str, dict[str, Any]]:
             kind = rnd.randrange(4)
             if kind == 0:
-                return {"assignee_user_id": _user(t, rnd.randrange(ASSIGNEES_PER_TENANT)), "status": "queued"}
+                assignee = _user(t, rnd.randrange(ASSIGNEES_PER_TENANT))
+                return "assignee + queued", {"assignee_user_id": assignee, "status": "queued"}
             if kind == 1:
-                return {"type": "call", "status": ["queued", "snoozed"], "sort": "-priority"}
+                return "calls queued/snoozed by -priority", {"type": "call", "status": ["queued", "snoozed"],
+                                                             "sort": "-priority"}
             if kind == 2:
-                return {"overdue": "true", "sort": "due_at"}
-            return {"workflow_id": _workflow(t, rnd.randrange(WORKFLOWS_PER_TENANT)), "status": "queued"}
+                return "overdue by due time", {"overdue": "true", "sort": "due_at"}
+            return "workflow + queued", {"workflow_id": _workflow(t, rnd.randrange(WORKFLOWS_PER_TENANT)),
+                                         "status": "queued"}
 
         base_url = f"http://127.0.0.1:{port}"
 
@@ -356,8 +365,10 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                         assert response.status_code in (200, 204), response.text
                     else:
                         token, t = managers[rnd.randrange(TENANTS)]
-                        response = await client.get("/v1/actions", params=list_query(t), headers={
-                            "Authorization": f"Bearer {token}", "x-bench-label": kind})
+                        name, query = list_query(t)
+                        response = await client.get("/v1/actions", params=query, headers={
+                            "Authorization": f"Bearer {token}", "x-bench-label": kind,
+                            "x-bench-filter": name})
                         assert response.status_code == 200, response.text
 
         async with httpx.AsyncClient(base_url=base_url) as control:
@@ -387,6 +398,8 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
                 for n, took in sorted(by_count.items()):
                     if len(took) >= 20:
                         print("      " + _summary(f"requests with {n} statements", took))
+                for name, took in sorted(measured["by_filter"].items()):
+                    print("    " + _summary(f"whole request, {name}", took))
                 print(f"    server CPU per request: {measured['cpu_seconds'] / len(seconds) * 1000:.2f} ms")
             plans = (await control.post(f"{BENCH_PATH}/plans", timeout=120)).json()
         for kind, rows in plans:
