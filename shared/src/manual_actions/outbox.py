@@ -279,14 +279,23 @@ async def prune_inbox(session: AsyncSession | AsyncConnection, older_than: timed
 # The oldest pending rows whose envelopes make up at most $1 (always at least the first row): a
 # batch row weighs its envelope count (from its first header), any other row 1. The value is
 # read (and converted to text) only for the rows taken.
+# The oldest pending rows whose envelopes make up at most $1 (always at least the first row): a
+# batch row weighs its envelope count (from its first header), any other row 1. One result row per
+# envelope: a batch row's items are taken apart by PostgreSQL (jsonb keeps its strings unescaped,
+# so this is cheaper than its value as text parsed again in Python), in their order.
 _PENDING = (
     """
-    SELECT id, topic, key, value::text AS value, headers::text AS headers, created_at, weight
+    SELECT p.id, p.topic, p.weight, p.headers::text AS headers, p.created_at,
+        CASE WHEN p.batch THEN i.item->>0 ELSE p.key END AS key,
+        CASE WHEN p.batch THEN i.item->>1 ELSE p.value::text END AS value
     FROM (
-        SELECT id, topic, key, value, headers, created_at, weight,
+        SELECT id, topic, key, value, headers, created_at, weight, batch,
             sum(weight) OVER (ORDER BY id) - weight AS before
         FROM (
             SELECT id, topic, key, value, headers, created_at,
+                headers->0->>0 = '"""
+    + BATCH_HEADER
+    + """' AS batch,
                 CASE WHEN headers->0->>0 = '"""
     + BATCH_HEADER
     + """'
@@ -296,9 +305,11 @@ _PENDING = (
             ORDER BY id
             LIMIT $1
         ) AS pending
-    ) AS counted
-    WHERE before < $1
-    ORDER BY id
+    ) AS p
+    LEFT JOIN LATERAL jsonb_array_elements(CASE WHEN p.batch THEN p.value END)
+        WITH ORDINALITY AS i(item, ord) ON true
+    WHERE p.before < $1
+    ORDER BY p.id, i.ord
 """
 )
 _SELECT_PENDING = _PENDING.format(exclude="")
@@ -531,18 +542,15 @@ class OutboxRelay:
         # All acknowledged, or this raises and nothing is marked: the batch is sent again.
         await asyncio.gather(*acks)
         crash_point(faults.RELAY_AFTER_SEND)
-        ids = [row["id"] for row in rows]
-        published = sum(row["weight"] for row in rows)
+        ids = list(dict.fromkeys(row["id"] for row in rows))  # a batch row's envelopes share its id
+        published = len(rows)
         full = published >= self._batch_size
         following: Sequence[asyncpg.Record] = []
         if full and not self._stopping.is_set():
             following = await conn.fetch(_MARK_PUBLISHED_AND_SELECT_NEXT, self._batch_size, ids)
         else:
             await conn.execute(_MARK_PUBLISHED, ids)
-        counts: Counter[str] = Counter()
-        for row in rows:
-            counts[row["topic"]] += row["weight"]
-        for topic, count in counts.items():
+        for topic, count in Counter(row["topic"] for row in rows).items():
             metrics.OUTBOX_PUBLISHED.labels(topic).inc(count)
         if not full:
             metrics.OUTBOX_OLDEST_UNPUBLISHED_AGE.set(0)  # that was all there was
@@ -555,20 +563,13 @@ class OutboxRelay:
     def _messages(
         self, rows: Sequence[asyncpg.Record]
     ) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
-        """(topic, key, value, headers) of every envelope of ``rows``, in publication order: a
-        batch row's envelopes in their order within the row."""
+        """(topic, key, value, headers) of every envelope of ``rows`` (one per envelope, in
+        publication order); a batch row's marker header is not published."""
         headers_of = self._headers
-        messages: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
-        for row in rows:
-            topic, headers = row["topic"], headers_of(row["headers"])
-            if headers and headers[0][0] == BATCH_HEADER:
-                shared = headers[1:]
-                messages.extend(
-                    (topic, key.encode(), text.encode(), shared) for key, text in json.loads(row["value"])
-                )
-            else:
-                messages.append((topic, row["key"].encode(), row["value"].encode(), headers))
-        return messages
+        return [
+            (row["topic"], row["key"].encode(), row["value"].encode(), headers_of(row["headers"]))
+            for row in rows
+        ]
 
     async def _send_one_by_one(
         self, messages: Sequence[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
@@ -622,11 +623,11 @@ class OutboxRelay:
         return acks
 
     def _headers(self, text: str) -> list[tuple[str, bytes]]:
-        """Kafka headers from the stored JSON; most rows share a few distinct header sets, so the
-        parsed form is cached (bounded)."""
+        """Kafka headers from the stored JSON (a batch row's marker left out); most rows share a
+        few distinct header sets, so the parsed form is cached (bounded)."""
         parsed = self._header_cache.get(text)
         if parsed is None:
-            parsed = [(name, value.encode()) for name, value in json.loads(text)]
+            parsed = [(name, value.encode()) for name, value in json.loads(text) if name != BATCH_HEADER]
             if len(self._header_cache) >= 1024:
                 self._header_cache.clear()
             self._header_cache[text] = parsed
