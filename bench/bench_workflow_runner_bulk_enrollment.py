@@ -16,6 +16,9 @@ Printed:
 * baseline, measured in the same run: a raw aiokafka producer (idempotent, acks=all, as the
   relay's) writing the same 100,000 envelopes to a fresh topic, and the ratio of the runner's
   publication rate to it.
+``test_bulk_enrollment_chunk_path_in_process`` measures the runner's side alone: the chunks of a
+10,000-contact run worked in this process (``handlers.bulk.run_chunk``), then the outbox relay
+publishing their events, with the CPU of this process and of PostgreSQL per contact.
 Not part of the default test run (the file name does not start with ``test_``).
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 import uuid
@@ -222,3 +226,144 @@ async def _run(stack: Any, run_dir: Path) -> None:
 
 def test_bulk_enrollment_of_100k_contacts(stack: Any, tmp_path: Path) -> None:
     asyncio.run(_run(stack, tmp_path))
+
+
+# --- the runner's side alone, in process ------------------------------------------------------------
+
+IN_PROCESS_COUNT = 10_000
+
+
+def _postgres_cpu_seconds(stack: Any) -> float:
+    """CPU seconds used so far by the stack's PostgreSQL: the postmaster with its reaped children,
+    and every live backend (``/proc``; Linux)."""
+    data_dir = Path(json.loads(Path(stack.state_file).read_text())["postgres"]["data_dir"])
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in fields(postmaster)[11:15])  # utime, stime, cutime, cstime
+    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        try:
+            total += sum(int(x) for x in fields(int(child))[11:13])
+        except FileNotFoundError:  # ended meanwhile; counted in cutime/cstime from now on
+            continue
+    return total / tick
+
+
+async def _in_process(stack: Any) -> None:
+    from manual_actions.kafka import create_producer
+    from manual_actions.outbox import OutboxRelay
+    from workflow_runner.adapters.bulk_sql import SqlBulkUnitOfWorkFactory
+    from workflow_runner.entrypoints.main import Settings, build_service
+    from workflow_runner.handlers import bulk
+
+    prefix = f"bench_{uuid.uuid4().hex[:6]}_"
+    settings = Settings(
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        database_url=stack.database_url(prefix + "workflow_runner"),
+        identity_database_url=stack.database_url(prefix + "identity"),
+    )
+    service = await build_service(settings)  # migrations, topics; its background loops not started
+    identity = IdentityStore(create_engine(settings.identity_database_url, pool_size=1))
+    await identity.create_schema()
+    tenant = f"bench-{uuid.uuid4().hex[:8]}"
+    await identity.create_tenant(tenant, "Bench")
+    token = await identity.issue_token(tenant, Role.ADMIN, None, label="bench")
+    producer = create_producer(settings)
+    await producer.start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app),
+            base_url="http://runner",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as runner:
+            agent = (
+                await runner.post(
+                    "/v1/users", json={"name": "Bench Agent", "phone": "+14155550190", "role": "agent"}
+                )
+            ).json()["id"]
+            now = datetime.now(UTC)
+            uow = SqlUnitOfWork(service.engine)
+            async with uow:
+                await uow.contacts.upsert_many(
+                    [
+                        Contact(
+                            id=uuid.uuid4(),
+                            tenant=tenant,
+                            name=f"Contact {i}",
+                            first_name="Contact",
+                            last_name=str(i),
+                            phone=f"+1415{2000000 + i:07d}",
+                            email=None,
+                            timezone=None,
+                            owner_user_id=uuid.UUID(agent),
+                            created_at=now,
+                            updated_at=now,
+                            external_id=f"b{i}",
+                        )
+                        for i in range(IN_PROCESS_COUNT)
+                    ],
+                    {"name", "phone", "owner_user_id"},
+                )
+                await uow.commit()
+            workflow = (
+                await runner.post(
+                    "/v1/workflows",
+                    json={
+                        "name": "Bench SMS",
+                        "steps": [
+                            {
+                                "id": "sms1",
+                                "type": "manual_sms",
+                                "action_name": "Hello",
+                                "message": "Hi {{contact.first_name}}, this is {{user.name}}.",
+                            }
+                        ],
+                    },
+                )
+            ).json()
+            assert (await runner.post(f"/v1/workflows/{workflow['id']}/publish")).status_code == 200
+            accepted = await runner.post(
+                f"/v1/workflows/{workflow['id']}/bulk-enrollments",
+                json={"request_id": "bench", "target": {"filter": {}}},
+            )
+            assert accepted.status_code == 202, accepted.text
+
+        factory = SqlBulkUnitOfWorkFactory(service.engine)
+        pg0, cpu0, wall0 = _postgres_cpu_seconds(stack), time.process_time(), time.perf_counter()
+        chunks = 0
+        while await bulk.run_chunk(factory()) is not None:
+            chunks += 1
+        wall = time.perf_counter() - wall0
+        cpu, pg = time.process_time() - cpu0, _postgres_cpu_seconds(stack) - pg0
+        print(f"\nbulk enrollment chunk path in process, {IN_PROCESS_COUNT} contacts in {chunks} chunks:")
+        print(
+            f"  {wall:.2f}s ({IN_PROCESS_COUNT / wall:,.0f} contacts/s); CPU per contact: "
+            f"Python {cpu / IN_PROCESS_COUNT * 1e6:.0f} µs, PostgreSQL {pg / IN_PROCESS_COUNT * 1e6:.0f} µs"
+        )
+        relay = OutboxRelay(service.engine, producer)
+        pg0, cpu0, wall0 = _postgres_cpu_seconds(stack), time.process_time(), time.perf_counter()
+        published = await relay.publish_pending()
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+        await asyncio.sleep(1)  # the relay's own connection has closed: let its backend be reaped
+        pg = _postgres_cpu_seconds(stack) - pg0
+        assert published >= IN_PROCESS_COUNT  # and the agent's own event, staged before the run
+        print(
+            f"  outbox relay: {published} ActionQueued in {wall:.2f}s; CPU per action: "
+            f"Python {cpu / published * 1e6:.0f} µs, PostgreSQL {pg / published * 1e6:.0f} µs"
+        )
+        print(f"  load average {os.getloadavg()[0]:.1f}")
+    finally:
+        await producer.stop()
+        for step in service.on_shutdown:
+            await step()
+
+
+def test_bulk_enrollment_chunk_path_in_process(stack: Any) -> None:
+    """The runner's side alone: ``run_chunk`` over 10,000 contacts in this process, then the relay
+    publishing their ActionQueued; CPU of this process and of PostgreSQL per contact. The stack's
+    PostgreSQL should serve nothing else meanwhile (its CPU is counted whole)."""
+    asyncio.run(_in_process(stack))
