@@ -261,9 +261,6 @@ class FakeUnitOfWork:
         self._inbox.add((consumer, message_id))
         return True
 
-    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        return {i for i in message_ids if await self.first_time_seen(consumer, i)}
-
     def statuses(self) -> dict[uuid.UUID, ActionStatus]:
         return {a.id: a.status for a in self.store.values()}
 

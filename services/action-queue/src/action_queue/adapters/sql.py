@@ -10,8 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-import pydantic_core
-from sqlalchemy import Select, Uuid, and_, bindparam, func, literal, or_, select, text, true, tuple_
+from sqlalchemy import Select, and_, bindparam, func, literal, or_, select, text, true, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
@@ -850,27 +849,12 @@ class SqlUnitOfWork:
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self._connection, consumer, message_id)
 
-    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        # Like first_time_seen for a whole batch in one statement (the ids travel as one JSON text).
-        if not message_ids:
-            return set()
-        ids = pydantic_core.to_json(message_ids).decode()
-        result = await self._connection.execute(_FIRST_TIME_SEEN_MANY, {"consumer": consumer, "ids": ids})
-        return set(result.scalars().all())
-
 
 def _outbox_row(topic: str, envelope: Envelope[Any]) -> dict[str, Any]:
     """The outbox row of ``envelope`` on ``topic``, as ``manual_actions.outbox.add_to_outbox`` writes it."""
     return {"message_id": envelope.id, "tenant": envelope.tenant, "topic": topic, "key": envelope.subject,
             "value": envelope.to_jsonable(),
             "headers": [[name, value.decode()] for name, value in envelope.kafka_headers()]}
-
-
-_FIRST_TIME_SEEN_MANY = text(
-    "INSERT INTO inbox (consumer, message_id) "
-    "SELECT :consumer, CAST(jsonb_array_elements_text(CAST(CAST(:ids AS text) AS jsonb)) AS uuid) "
-    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id"
-).columns(message_id=Uuid())
 
 
 class SqlUnitOfWorkFactory:

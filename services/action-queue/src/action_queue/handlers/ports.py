@@ -331,9 +331,6 @@ class UnitOfWork(Protocol):
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         """Record ``message_id`` as processed; False when it already was (a redelivery)."""
 
-    async def first_time_seen_many(self, consumer: str, message_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """``first_time_seen`` for many ids at once: the ids recorded now (not seen before)."""
-
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self) -> UnitOfWork: ...
