@@ -21,6 +21,7 @@ from manual_actions.db import (
     alembic_config,
     asyncpg_dsn,
     create_engine,
+    driver_connection,
     ensure_database,
     run_migrations,
     session_factory,
@@ -188,5 +189,26 @@ async def test_engine_pings_and_sessions_keep_objects_after_commit(stack: Any) -
         assert sessions.kw["expire_on_commit"] is False
         async with sessions() as session:
             assert await session.scalar(text("SELECT 41 + 1")) == 42
+    finally:
+        await engine.dispose()
+
+
+async def test_driver_connection_works_inside_the_transaction_even_before_any_statement(stack: Any) -> None:
+    url = stack.database_url("test_db_driver")
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS copied (value text)"))
+            await conn.execute(text("TRUNCATE copied"))
+        async with engine.connect() as conn:
+            async with conn.begin() as transaction:
+                driver = await driver_connection(conn)  # before any statement of this transaction
+                assert driver.is_in_transaction()
+                await driver.copy_records_to_table("copied", records=[("kept only if committed",)])
+                await transaction.rollback()
+            assert await conn.scalar(text("SELECT count(*) FROM copied")) == 0
+            await conn.rollback()
+            driver = await driver_connection(conn)  # no transaction begun: nothing to join
+            assert not driver.is_in_transaction()
     finally:
         await engine.dispose()

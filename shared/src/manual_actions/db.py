@@ -32,7 +32,13 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 
@@ -57,6 +63,18 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that do not expire objects on commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under ``conn`` (for what SQLAlchemy does not offer, such as COPY),
+    inside ``conn``'s transaction when one was begun: SQLAlchemy's asyncpg adapter sends BEGIN
+    lazily, with its first statement, so before any statement the driver would run outside it
+    (a temporary table ``ON COMMIT DELETE ROWS`` would empty at once, a COPY commit on its own)."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, asyncpg.Connection)
+    if conn.in_transaction() and not raw.is_in_transaction():
+        await conn.execute(text("SELECT 1"))
+    return raw
 
 
 def asyncpg_dsn(url: str | URL) -> str:

@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from action_queue.handlers.ports import NewAction
+from manual_actions.db import driver_connection
 
 #: The columns an ActionQueued sets; every other column keeps its default (null, 0, now()).
 QUEUED_COLUMNS: tuple[str, ...] = (
@@ -62,13 +62,10 @@ async def insert_queued(conn: AsyncConnection, actions: Sequence[NewAction]) -> 
     transaction; the ids inserted."""
     if not actions:
         return set()
-    # Through SQLAlchemy, so that its transaction has begun on the server before the driver's own
-    # calls below (the adapter sends BEGIN lazily, with the first statement it executes). Every
-    # time: a staging table created in a transaction that then rolled back is gone again, and the
-    # catalog check costs one short round trip per batch.
+    # Every time: a staging table created in a transaction that then rolled back is gone again,
+    # and the catalog check costs one short round trip per batch.
     await conn.execute(_CREATE_STAGE)
-    raw = (await conn.get_raw_connection()).driver_connection
-    assert isinstance(raw, asyncpg.Connection) and raw.is_in_transaction()
+    raw = await driver_connection(conn)
     await raw.copy_records_to_table(_STAGE, records=[queued_record(a) for a in actions],
                                     columns=QUEUED_COLUMNS)
     return {row[0] for row in await raw.fetch(_MOVE)}

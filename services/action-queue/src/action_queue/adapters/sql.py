@@ -844,7 +844,7 @@ class SqlUnitOfWork:
                  "headers": [[name, value.decode()] for name, value in e.kafka_headers()]}
                 for topic, e in messages]
         await self._connection.execute(insert(outbox_table), rows)
-        await self._connection.execute(select(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "")))
+        await outbox_plumbing.notify_outbox(self._connection)
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self._connection, consumer, message_id)

@@ -8,7 +8,6 @@ write the same rows.
 
 from __future__ import annotations
 
-import json
 import operator
 import uuid
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,8 @@ from sqlalchemy import func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import RowMapping
 
-from manual_actions.outbox import OUTBOX_CHANNEL, OUTBOX_COPY_COLUMNS, batch_record, notify_outbox
+from manual_actions.db import driver_connection
+from manual_actions.outbox import OUTBOX_COPY_COLUMNS, batch_record, notify_outbox
 from workflow_runner.adapters import sql
 from workflow_runner.adapters import tables as t
 from workflow_runner.domain.bulk import (
@@ -205,32 +205,6 @@ def _contact_of(record: Any) -> Contact:
     return sql._contact(row)  # type: ignore[arg-type]
 
 
-def outbox_records(topic: str, documents: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """Outbox rows for envelope documents, exactly as ``SqlUnitOfWork.publish_documents`` writes
-    them (key = subject; type, version and tenant headers); the headers text is built once per
-    distinct (type, version, tenant)."""
-    headers: dict[tuple[str, int, str], str] = {}
-    records = []
-    for d in documents:
-        marker = (d["type"], d["version"], d["tenant"])
-        text_headers = headers.get(marker)
-        if text_headers is None:
-            text_headers = headers[marker] = json.dumps(
-                [["type", d["type"]], ["version", str(d["version"])], ["tenant", d["tenant"]]]
-            )
-        records.append(
-            (
-                uuid.UUID(d["id"]),
-                d["tenant"],
-                topic,
-                d["subject"],
-                _jsonb(d),
-                text_headers,
-            )
-        )
-    return records
-
-
 class SqlBulkRepository(sql._Repository):
     rows = RowFormat()
 
@@ -342,7 +316,7 @@ class SqlBulkRepository(sql._Repository):
         """The next ``limit`` targets after seq ``after``, their contacts locked FOR UPDATE (in id
         order, like a single enrollment locks its contact, so the two never race), with whether each
         is running through ``workflow_id`` now or ever was."""
-        driver = await sql._driver_connection(self._conn)
+        driver = await driver_connection(self._conn)
         targets = await driver.fetch(_TARGETS, tenant, run_id, after, limit)
         if not targets:
             return []
@@ -383,7 +357,7 @@ class SqlBulkRepository(sql._Repository):
         enrolled so (``results()`` finds them through their enrollment). An enrollment or result
         already stored for a contact of this run violates a unique index and fails the whole chunk:
         nobody is enrolled twice by one run."""
-        driver = await sql._driver_connection(self._conn)
+        driver = await driver_connection(self._conn)
         rows = [*enrollment_rows, *(_enrollment_record(e, run.id) for e in enrollments)]
         if rows:
             await driver.copy_records_to_table("enrollments", columns=ENROLLMENT_COLUMNS, records=rows)
@@ -416,16 +390,8 @@ class SqlBulkRepository(sql._Repository):
             )
 
     async def stage_events(self, topic: str, documents: Sequence[dict[str, Any]]) -> None:
-        """Stage envelope documents in the outbox with COPY (``outbox_records``) and notify the relay."""
-        if not documents:
-            return
-        driver = await sql._driver_connection(self._conn)
-        await driver.copy_records_to_table(
-            "outbox",
-            columns=["message_id", "tenant", "topic", "key", "value", "headers"],
-            records=outbox_records(topic, documents),
-        )
-        await self._conn.execute(select(func.pg_notify(OUTBOX_CHANNEL, "")))
+        """Stage envelope documents in the outbox (``sql.copy_documents_to_outbox``)."""
+        await sql.copy_documents_to_outbox(self._conn, topic, documents)
 
     async def stage_envelopes(
         self,
@@ -437,12 +403,12 @@ class SqlBulkRepository(sql._Repository):
     ) -> None:
         """Stage envelopes already in JSON text, ``(subject, text)``, all of one tenant,
         type and version, as one outbox batch row (``outbox.batch_record``: the relay publishes
-        each as its own record, key = subject, with the headers ``outbox_records`` gives a single
+        each as its own record, key = subject, with the headers ``sql.outbox_records`` gives a single
         row) and notify the relay."""
         if not envelopes:
             return
         headers = [("type", message_type), ("version", str(version)), ("tenant", tenant)]
-        driver = await sql._driver_connection(self._conn)
+        driver = await driver_connection(self._conn)
         await driver.copy_records_to_table(
             "outbox",
             columns=OUTBOX_COPY_COLUMNS,

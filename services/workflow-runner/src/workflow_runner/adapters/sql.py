@@ -12,6 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from manual_actions import outbox as outbox_plumbing
 from manual_actions.contracts import Envelope
+from manual_actions.db import driver_connection
 from workflow_runner.adapters import tables as t
 from workflow_runner.domain.directory import (
     Availability,
@@ -331,10 +333,45 @@ IMPORT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
-async def _driver_connection(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under ``conn`` (for COPY), in ``conn``'s transaction."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
+def outbox_records(topic: str, documents: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Outbox rows for envelope documents, in ``OUTBOX_COPY_COLUMNS`` order, as ``add_to_outbox``
+    writes them (key = subject; type, version and tenant headers); the headers text is built once
+    per distinct (type, version, tenant)."""
+    headers: dict[tuple[str, int, str], str] = {}
+    records = []
+    for d in documents:
+        marker = (d["type"], d["version"], d["tenant"])
+        text_headers = headers.get(marker)
+        if text_headers is None:
+            text_headers = headers[marker] = json.dumps(
+                [["type", d["type"]], ["version", str(d["version"])], ["tenant", d["tenant"]]]
+            )
+        records.append(
+            (
+                uuid.UUID(d["id"]),
+                d["tenant"],
+                topic,
+                d["subject"],
+                orjson.dumps(d).decode(),
+                text_headers,
+            )
+        )
+    return records
+
+
+
+async def copy_documents_to_outbox(
+    conn: AsyncConnection, topic: str, documents: Sequence[dict[str, Any]]
+) -> None:
+    """Stage envelope documents in the outbox with COPY (``outbox_records``), in ``conn``'s
+    transaction, and notify the relay."""
+    if not documents:
+        return
+    driver = await driver_connection(conn)
+    await driver.copy_records_to_table(
+        "outbox", columns=outbox_plumbing.OUTBOX_COPY_COLUMNS, records=outbox_records(topic, documents)
+    )
+    await outbox_plumbing.notify_outbox(conn)
 
 
 def _copy_record(columns: Sequence[str], contact: Contact) -> tuple[Any, ...]:
@@ -411,7 +448,7 @@ class SqlContactRepository(_Repository):
         await self._conn.execute(
             text("CREATE TEMPORARY TABLE import_contacts (LIKE contacts INCLUDING DEFAULTS) ON COMMIT DROP")
         )
-        driver = await _driver_connection(self._conn)
+        driver = await driver_connection(self._conn)
         await driver.copy_records_to_table(
             "import_contacts",
             columns=columns,
@@ -987,27 +1024,7 @@ class SqlUnitOfWork:
         """Like ``publish`` for many envelopes given as JSON documents: the same outbox rows as
         ``add_to_outbox`` writes (key = subject; type, version and tenant headers), written with
         COPY, and one notification for the relay."""
-        if not documents:
-            return
-        driver = await _driver_connection(self.connection)
-        await driver.copy_records_to_table(
-            "outbox",
-            columns=["message_id", "tenant", "topic", "key", "value", "headers"],
-            records=[
-                (
-                    uuid.UUID(d["id"]),
-                    d["tenant"],
-                    topic,
-                    d["subject"],
-                    json.dumps(d, separators=(",", ":")),
-                    json.dumps(
-                        [["type", d["type"]], ["version", str(d["version"])], ["tenant", d["tenant"]]]
-                    ),
-                )
-                for d in documents
-            ],
-        )
-        await self.connection.execute(select(func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "")))
+        await copy_documents_to_outbox(self.connection, topic, documents)
 
     async def first_time_seen(self, consumer: str, message_id: uuid.UUID) -> bool:
         return await outbox_plumbing.first_time_seen(self.connection, consumer, message_id)
