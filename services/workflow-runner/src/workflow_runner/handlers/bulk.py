@@ -377,20 +377,40 @@ class ActionQueuedDocuments:
             self._templates[key] = (document, verbatim)
             return document
         template, verbatim = cached
-        data = dict(template["data"])
-        action_id = str(action.id)
-        data["action_id"] = action_id
-        data["enrollment_id"] = str(action.enrollment_id)
-        data["contact"] = {
-            **data["contact"],
-            "contact_id": str(action.contact_id),
-            "name": action.contact_name,
-            "phone": action.contact_phone,
-        }
-        data["assignee_user_id"] = str(action.assignee_user_id) if action.assignee_user_id else None
-        for name in verbatim:
-            data[name] = getattr(action, name)
-        return {**template, "id": str(self._new_id()), "subject": action_id, "data": data}
+        return _queued_document(
+            template,
+            event_id=str(self._new_id()),
+            action_id=str(action.id),
+            enrollment_id=str(action.enrollment_id),
+            contact_id=str(action.contact_id),
+            name=action.contact_name,
+            phone=action.contact_phone,
+            assignee=str(action.assignee_user_id) if action.assignee_user_id else None,
+            texts={name: getattr(action, name) for name in verbatim},
+        )
+
+
+def _queued_document(
+    template: dict[str, Any],
+    *,
+    event_id: str,
+    action_id: str,
+    enrollment_id: str,
+    contact_id: str,
+    name: str,
+    phone: str | None,
+    assignee: str | None,
+    texts: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """Another contact's ActionQueued document made from ``template`` (a real one of the same run
+    and step): its per-contact values replaced, ``texts`` (message or notes) set as given."""
+    data = dict(template["data"])
+    data["action_id"] = action_id
+    data["enrollment_id"] = enrollment_id
+    data["contact"] = {**data["contact"], "contact_id": contact_id, "name": name, "phone": phone}
+    data["assignee_user_id"] = assignee
+    data.update(texts)
+    return {**template, "id": event_id, "subject": action_id, "data": data}
 
 
 def _fast_path(result: runner.RunResult) -> bool:
@@ -817,21 +837,18 @@ class LeanChunk:
                 [(None, "enrolled", self._enrolled), (self._step.id, "action_queued", detail)],
             )
         )
-        template = self._document
-        data = dict(template["data"])
-        data["action_id"] = action_id
-        data["enrollment_id"] = enrollment_id
-        data["contact"] = {
-            **data["contact"],
-            "contact_id": str(contact.id),
-            "name": contact.name,
-            "phone": contact.phone,
-        }
-        data["assignee_user_id"] = assignee_text
-        data["message" if self._sms else "notes"] = text
-        self.events.append(
-            (action_id, self._rows.jsonb({**template, "id": event_id, "subject": action_id, "data": data}))
+        document = _queued_document(
+            self._document,
+            event_id=event_id,
+            action_id=action_id,
+            enrollment_id=enrollment_id,
+            contact_id=str(contact.id),
+            name=contact.name,
+            phone=contact.phone,
+            assignee=assignee_text,
+            texts={"message" if self._sms else "notes": text},
         )
+        self.events.append((action_id, self._rows.jsonb(document)))
         return enrollment_id
 
 
