@@ -136,23 +136,7 @@ async def _run(stack: Any, run_dir: Path) -> None:
                 await uow.commit()
             print(f"\nstored {COUNT} contacts in {time.perf_counter() - started:.1f}s")
 
-            workflow = (
-                await runner.post(
-                    "/v1/workflows",
-                    json={
-                        "name": "Bench SMS",
-                        "steps": [
-                            {
-                                "id": "sms1",
-                                "type": "manual_sms",
-                                "action_name": "Hello",
-                                "message": "Hi {{contact.first_name}}, this is {{user.name}}.",
-                            }
-                        ],
-                    },
-                )
-            ).json()
-            assert (await runner.post(f"/v1/workflows/{workflow['id']}/publish")).status_code == 200
+            workflow = await _published_sms_workflow(runner)
 
             t0 = time.perf_counter()
             accepted = await runner.post(
@@ -308,23 +292,7 @@ async def _in_process(stack: Any) -> None:
                     {"name", "phone", "owner_user_id"},
                 )
                 await uow.commit()
-            workflow = (
-                await runner.post(
-                    "/v1/workflows",
-                    json={
-                        "name": "Bench SMS",
-                        "steps": [
-                            {
-                                "id": "sms1",
-                                "type": "manual_sms",
-                                "action_name": "Hello",
-                                "message": "Hi {{contact.first_name}}, this is {{user.name}}.",
-                            }
-                        ],
-                    },
-                )
-            ).json()
-            assert (await runner.post(f"/v1/workflows/{workflow['id']}/publish")).status_code == 200
+            workflow = await _published_sms_workflow(runner)
             accepted = await runner.post(
                 f"/v1/workflows/{workflow['id']}/bulk-enrollments",
                 json={"request_id": "bench", "target": {"filter": {}}},
@@ -367,3 +335,13 @@ def test_bulk_enrollment_chunk_path_in_process(stack: Any) -> None:
     publishing their ActionQueued; CPU of this process and of PostgreSQL per contact. The stack's
     PostgreSQL should serve nothing else meanwhile (its CPU is counted whole)."""
     asyncio.run(_in_process(stack))
+
+
+async def _published_sms_workflow(runner: httpx.AsyncClient) -> dict[str, Any]:
+    """The benchmark's workflow, published: one Manual SMS step with merge fields."""
+    step = {"id": "sms1", "type": "manual_sms", "action_name": "Hello",
+            "message": "Hi {{contact.first_name}}, this is {{user.name}}."}
+    workflow: dict[str, Any] = (await runner.post("/v1/workflows", json={"name": "Bench SMS",
+                                                                        "steps": [step]})).json()
+    assert (await runner.post(f"/v1/workflows/{workflow['id']}/publish")).status_code == 200
+    return workflow
