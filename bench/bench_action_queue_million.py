@@ -20,10 +20,10 @@ sorted by due time, workflow + status), ``CALLS`` times each, after a warm-up ro
 Measured at the server, inside its process, so the clients' CPU does not count: the whole request
 (an ASGI wrapper around the app, from the request entering it to the end of its response body:
 auth, handler, all its SQL, serialisation), the SQL statement the benchmark is about (SQLAlchemy's
-before/after cursor events around it), the statements per request (cursor executes on the
-service's and the identity store's engines; BEGIN, COMMIT and the pool's pre-ping are not cursor
-executes) and the server's CPU seconds per request. Prints p50/p95/p99/max of each (of the list
-also per filter), the load average, and the plans (``EXPLAIN (ANALYZE, BUFFERS)``) of the
+before/after cursor events around it), the statements per request (cursor executes on the service's
+and the identity store's engines; BEGIN, COMMIT and the pool's ping of an idle connection are not
+cursor executes) and the server's CPU seconds per request. Prints p50/p95/p99/max of each (of the
+list also per filter), the load average, and the plans (``EXPLAIN (ANALYZE, BUFFERS)``) of the
 statements, captured from the real calls. ``BENCH_MILLION_COUNT`` changes the number of actions.
 """
 
@@ -52,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from action_queue.entrypoints.main import Settings, build_service
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.db import create_engine
+from manual_actions.service import run_service
 
 COUNT = int(os.environ.get("BENCH_MILLION_COUNT", "1000000"))
 TENANTS = 100
@@ -250,7 +251,7 @@ async def _serve(settings_json: str, port: int) -> None:
     service = await build_service(settings)  # migrated; no background loop runs
     identity = service.app.state.identity
     timing = ServerTiming(service.app, [service.uow.engine, identity.engine], service.uow.engine)
-    # As manual_actions.service.serve configures it (the HTTP parser: uvicorn's "auto").
+    # As manual_actions.service.serve configures it (the HTTP parser: uvicorn's "auto", httptools).
     config = uvicorn.Config(timing, host="127.0.0.1", port=port, log_config=None, access_log=False,
                             lifespan="off", server_header=False)
     config.load()
@@ -418,11 +419,4 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
-    # BENCH_MILLION_SERVER_LOOP=uvloop: the server on uvloop (the services run asyncio's own loop).
-    if os.environ.get("BENCH_MILLION_SERVER_LOOP") == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(sys.argv[2], int(sys.argv[3])))
-    else:
-        asyncio.run(_serve(sys.argv[2], int(sys.argv[3])))
+    run_service(_serve(sys.argv[2], int(sys.argv[3])))  # on uvloop, as the services run

@@ -16,6 +16,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Connection, MetaData, Table, Text, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from manual_actions.db import (
     alembic_config,
@@ -180,15 +182,58 @@ def test_offline_mode_writes_the_sql_without_a_database(tmp_path: Path) -> None:
     assert "DROP TABLE outbox" in down
 
 
-async def test_engine_pings_and_sessions_keep_objects_after_commit(stack: Any) -> None:
-    url = stack.database_url("test_db_engine")
-    engine = create_engine(url, pool_size=2)
+async def test_sessions_keep_objects_after_commit(stack: Any) -> None:
+    engine = create_engine(stack.database_url("test_db_engine"), pool_size=2)
     try:
-        assert engine.pool._pre_ping  # type: ignore[attr-defined]
         sessions = session_factory(engine)
         assert sessions.kw["expire_on_commit"] is False
         async with sessions() as session:
             assert await session.scalar(text("SELECT 41 + 1")) == 42
+    finally:
+        await engine.dispose()
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert isinstance(pid, int)
+        return pid
+
+
+async def _terminate(url: str, pid: int) -> None:
+    killer = create_engine(url, pool_size=1)
+    try:
+        async with killer.connect() as conn:
+            assert await conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}) is True
+    finally:
+        await killer.dispose()
+
+
+async def test_an_idle_pooled_connection_that_died_is_replaced_before_use(stack: Any) -> None:
+    url = stack.database_url("test_db_engine")
+    engine = create_engine(url, pool_size=1, ping_idle_after=0.2)
+    try:
+        first = await _backend_pid(engine)
+        await _terminate(url, first)  # as a server restart would, while the connection sits in the pool
+        await asyncio.sleep(0.3)
+        second = await _backend_pid(engine)  # pinged, found dead, replaced: no error
+        assert second != first
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_used_moments_ago_is_not_pinged(stack: Any) -> None:
+    # The hot path's saving: within ``ping_idle_after`` no ping, so a connection killed meanwhile
+    # fails the next statement, and the pool discards it so the statement after that succeeds.
+    url = stack.database_url("test_db_engine")
+    engine = create_engine(url, pool_size=1, ping_idle_after=60)
+    try:
+        first = await _backend_pid(engine)
+        await _terminate(url, first)
+        with pytest.raises(DBAPIError) as failure:
+            await _backend_pid(engine)
+        assert failure.value.connection_invalidated
+        assert await _backend_pid(engine) != first
     finally:
         await engine.dispose()
 

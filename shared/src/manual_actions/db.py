@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -39,7 +41,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool
 
 
 def advisory_lock_key(name: str) -> int:
@@ -51,13 +53,44 @@ def advisory_lock_key(name: str) -> int:
 MIGRATIONS_LOCK_KEY = advisory_lock_key("manual_actions.db.migrations")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine with pre-ping, sized for one service process.
+# A pooled connection that sat unused longer than this is checked with a ping before it is handed
+# out (see create_engine).
+PING_IDLE_AFTER_SECONDS = 5.0
 
-    Pre-ping checks a pooled connection before handing it out, so a database restart costs one
-    failed ping instead of one failed request per stale connection.
+
+def create_engine(url: str, *, pool_size: int = 10,
+                  ping_idle_after: float = PING_IDLE_AFTER_SECONDS) -> AsyncEngine:
+    """An asyncpg engine sized for one service process, whose pool pings a connection before
+    handing it out when it was idle for more than ``ping_idle_after`` seconds.
+
+    A dead connection found by the ping is replaced (up to three tries) instead of failing a
+    request; that covers the common case of connections that sat idle while the server restarted
+    or a proxy dropped them. A busy pool skips the ping: it cost one round trip (about 0.45 ms of
+    this machine's CPU) on every unit of work of the hot endpoints. A connection that dies while
+    busy fails its request; SQLAlchemy then sees the disconnect and discards every pooled
+    connection made before it, so the following requests get fresh ones
+    (docs/decisions/0022).
     """
-    return create_async_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    _ping_when_idle(engine.sync_engine.pool, ping_idle_after)
+    return engine
+
+
+def _ping_when_idle(pool: Pool, idle_after: float) -> None:
+    @event.listens_for(pool, "checkin")
+    def remember_return(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        returned = record.info.get("returned_at")
+        if returned is None or time.monotonic() - returned <= idle_after:
+            return  # new, or used moments ago
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool discards this connection and checks out another one.
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -87,7 +87,7 @@ from manual_actions.kafka import (
 from manual_actions.logging import configure_logging
 from manual_actions.outbox import add_to_outbox, create_outbox_tables, drop_outbox_tables
 from manual_actions.runtime import start_core
-from manual_actions.service import BackgroundLoop, serve
+from manual_actions.service import BackgroundLoop, run_service, serve
 from manual_actions.settings import ServiceSettings
 from manual_actions.twilio_http import RewritingTwilioHttpClient
 from manual_actions.waiting import wait_event
@@ -1070,7 +1070,7 @@ async def run_twilio_service(settings: S, spec: TwilioServiceSpec[S]) -> None:
 def twilio_main(settings: S, spec: TwilioServiceSpec[S]) -> None:
     """A Twilio-facing service's console entry point: JSON logs, then ``run_twilio_service``."""
     configure_logging(settings.service_name, settings.log_level)
-    asyncio.run(run_twilio_service(settings, spec))
+    run_service(run_twilio_service(settings, spec))
 
 
 __all__ = [

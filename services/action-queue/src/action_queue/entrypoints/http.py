@@ -94,7 +94,8 @@ class ApiContext:
         return (self.reads or self.uow)()
 
 
-def _context(request: Request) -> ApiContext:
+async def _context(request: Request) -> ApiContext:
+    # async although it awaits nothing: FastAPI runs a plain ``def`` dependency in a worker thread.
     context: ApiContext = request.app.state.api
     return context
 

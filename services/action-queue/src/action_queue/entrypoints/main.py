@@ -3,7 +3,6 @@ consumer in one event loop (``manual_actions.service.serve``)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -20,7 +19,7 @@ from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop, OutO
 from manual_actions.kafka import BatchConsumer
 from manual_actions.logging import configure_logging
 from manual_actions.runtime import open_identity_store, start_core
-from manual_actions.service import BackgroundLoop, serve
+from manual_actions.service import BackgroundLoop, run_service, serve
 from manual_actions.settings import ServiceSettings
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
@@ -83,7 +82,7 @@ async def run(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.service_name, settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def pending_view(state: TenantPending, principal: Principal) -> PendingOut:
     )
 
 
-def _streams(request: Request) -> DashboardStreams:
+async def _streams(request: Request) -> DashboardStreams:
     streams = request.app.state.streams
     assert isinstance(streams, DashboardStreams)
     return streams

@@ -7,7 +7,6 @@ own: the counts live in faust tables rebuilt from their changelog topics at ever
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -20,7 +19,7 @@ from manual_actions.auth import IdentityStore
 from manual_actions.db import create_engine
 from manual_actions.kafka import ensure_topics
 from manual_actions.logging import configure_logging
-from manual_actions.service import serve
+from manual_actions.service import run_service, serve
 
 logger = logging.getLogger("dashboard.main")
 
@@ -67,7 +66,7 @@ async def run(settings: DashboardSettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(run(DashboardSettings()))
+    run_service(run(DashboardSettings()))
 
 
 if __name__ == "__main__":

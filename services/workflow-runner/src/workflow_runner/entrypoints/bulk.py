@@ -45,7 +45,7 @@ BULK_CHUNK_FAILURES = Counter(
 Supervisor = Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.MANAGER))]
 
 
-def _uow(request: Request) -> bulk_handlers.BulkUnitOfWork:
+async def _uow(request: Request) -> bulk_handlers.BulkUnitOfWork:
     factory: Callable[[], bulk_handlers.BulkUnitOfWork] = request.app.state.bulk_uow
     return factory()
 

@@ -83,7 +83,7 @@ Offset = Annotated[int, Query(ge=0)]
 T = TypeVar("T")
 
 
-def _uow(request: Request) -> UnitOfWork:
+async def _uow(request: Request) -> UnitOfWork:
     factory: UnitOfWorkFactory = request.app.state.uow
     return factory()
 
