@@ -16,6 +16,7 @@ from action_queue.domain.people import QueueSettings, UserState
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
     ActionFilter,
+    ActionSummary,
     BulkRequest,
     BulkStatus,
     Cursor,
@@ -75,13 +76,13 @@ class FakeRepository:
         return [copy.deepcopy(a) for a in found[:limit]]
 
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
-                   sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
+                   sort: Sort = DEFAULT_SORT) -> Sequence[ActionSummary]:
         found = sorted((a for a in self._store.values() if a.tenant == tenant and filters.matches(a)),
                        key=sort.sort_key)
         if after is not None:
             # strictly after the cursor's position in this order
             found = [a for a in found if _after(sort, a, after)]
-        return [copy.deepcopy(a) for a in found[:limit]]
+        return [ActionSummary.of(a) for a in found[:limit]]
 
     async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
         unfiltered = replace(filters, statuses=())

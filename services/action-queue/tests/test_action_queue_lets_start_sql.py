@@ -69,14 +69,17 @@ async def test_lets_start_is_two_statements_and_stores_what_the_domain_did(aq: H
     tenant = await aq.new_tenant()
     agent = uuid.uuid4()
     low, high = await _queue(aq, tenant, agent, 1, 5)
+    # A lease that outlasts the real clock: the harness's maintenance loop releases lapsed leases.
+    lease = timedelta(days=36500)
     with statements(aq) as seen:
-        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW)
+        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW,
+                                            lease=lease)
     assert reserved is not None and reserved.id == high.id
     assert len(seen) == 2, seen  # the locked read (with contact, user, settings); UPDATE + outbox + NOTIFY
     assert "SKIP LOCKED" in seen[0] and "UPDATE manual_actions" in seen[1] and "INSERT INTO outbox" in seen[1]
 
     expected = replace(high, history=list(high.history))  # the domain's own transition, on a copy
-    expected.reserve(agent, NOW, queue.DEFAULT_LEASE)
+    expected.reserve(agent, NOW, lease)
     async with aq.service.uow() as uow:
         stored = await uow.actions.get(tenant, high.id)
         untouched = await uow.actions.get(tenant, low.id)

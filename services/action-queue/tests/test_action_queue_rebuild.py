@@ -55,8 +55,9 @@ async def _command(aq: Harness, topic: str, action_id: uuid.UUID, index: int = -
 
 async def _stored(aq: Harness, tenant: str) -> dict[uuid.UUID, ManualAction]:
     async with aq.service.uow() as uow:
-        actions = await uow.actions.list(tenant, ActionFilter(statuses=tuple(ActionStatus)), limit=10_000,
-                                         after=None)
+        ids = await uow.actions.matching_ids(tenant, ActionFilter(statuses=tuple(ActionStatus)), after=None,
+                                             limit=10_000)
+        actions = await uow.actions.get_many(tenant, ids)  # whole domain objects, history included
     return {a.id: a for a in actions}
 
 

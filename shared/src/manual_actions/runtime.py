@@ -14,7 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from manual_actions.auth import IdentityStore
+from manual_actions.auth import IDENTITY_POOL_SIZE, IdentityStore
 from manual_actions.db import create_engine, ensure_database, run_migrations
 from manual_actions.kafka import create_producer, ensure_topics
 from manual_actions.outbox import OutboxRelay
@@ -55,7 +55,7 @@ async def start_core(settings: ServiceSettings, migrations_dir: Path) -> Core:
 
 async def open_identity_store(settings: ServiceSettings) -> tuple[IdentityStore, AsyncEngine]:
     """The identity store every API checks tokens against, with its (small) engine to dispose."""
-    engine = create_engine(settings.identity_database_url, pool_size=2)
+    engine = create_engine(settings.identity_database_url, pool_size=IDENTITY_POOL_SIZE)
     identity = IdentityStore(engine)
     await identity.create_schema()
     return identity, engine

@@ -73,7 +73,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from manual_actions.auth import IdentityStore
+from manual_actions.auth import IDENTITY_POOL_SIZE, IdentityStore
 from manual_actions.contracts import Envelope, Payload
 from manual_actions.db import create_engine
 from manual_actions.faults import crash_point
@@ -1031,7 +1031,7 @@ async def build_twilio_service(settings: S, spec: TwilioServiceSpec[S]) -> Twili
         handler=spec.intake(engine, dispatcher.wake),
         producer=producer,
     )
-    identity = IdentityStore(create_engine(settings.identity_database_url, pool_size=2))
+    identity = IdentityStore(create_engine(settings.identity_database_url, pool_size=IDENTITY_POOL_SIZE))
     loops = list(spec.loops(settings, engine, client))
 
     async def database_reachable() -> None:

@@ -6,7 +6,8 @@ allow with ``require_roles``. A token never grants access to another tenant's da
 
 Wiring in a service::
 
-    app.state.identity = IdentityStore(create_engine(settings.identity_database_url, pool_size=2))
+    app.state.identity = IdentityStore(create_engine(settings.identity_database_url,
+                                                       pool_size=IDENTITY_POOL_SIZE))
 
     @router.get("/actions")
     async def list_actions(principal: Annotated[Principal, Depends(current_principal)]): ...
@@ -27,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 
 from manual_actions.auth.store import (
+    IDENTITY_POOL_SIZE,
     IdentityStore,
     Principal,
     Role,
@@ -42,6 +44,7 @@ from manual_actions.http import problem
 from manual_actions.logging import bind_log_context
 
 __all__ = [
+    "IDENTITY_POOL_SIZE",
     "IdentityStore",
     "Principal",
     "Role",

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
     func,
     select,
     text,
@@ -114,6 +115,18 @@ def _hash_secret(secret: str) -> str:
     # A fast hash is enough: the secret is 256 random bits, so there is nothing to brute-force
     # that a slow KDF would protect (see decision 0006).
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# Connections of a service's identity engine: one per request that checks a token not in the cache,
+# at the same time (beyond the pool, each check would open and close a connection of its own).
+IDENTITY_POOL_SIZE = 5
+
+# Built once (parameter ``token_id``): building the statement per request cost more CPU than running it.
+_TOKEN_LOOKUP = (
+    select(api_tokens.c.tenant_id, api_tokens.c.role, api_tokens.c.user_id, api_tokens.c.secret_hash)
+    .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
+    .where(api_tokens.c.id == bindparam("token_id"), api_tokens.c.revoked_at.is_(None))
+)
 
 
 def parse_token(token: str) -> tuple[str, str] | None:
@@ -316,14 +329,9 @@ class IdentityStore:
         return principal
 
     async def _lookup(self, token_id: str, secret: str) -> Principal | None:
-        query = (
-            select(api_tokens.c.tenant_id, api_tokens.c.role, api_tokens.c.user_id, api_tokens.c.secret_hash)
-            .join(tenants, tenants.c.id == api_tokens.c.tenant_id)
-            .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
-        )
         async with self._engine.connect() as conn:
             await _autocommit(conn)
-            row = (await conn.execute(query)).mappings().first()
+            row = (await conn.execute(_TOKEN_LOOKUP, {"token_id": token_id})).mappings().first()
         if row is None:
             return None
         if not hmac.compare_digest(row["secret_hash"], _hash_secret(secret)):

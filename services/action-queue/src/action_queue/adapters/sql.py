@@ -28,7 +28,9 @@ from action_queue.domain.model import IDLE, TERMINAL
 from action_queue.domain.people import AWAY, OUT_OF_OFFICE, Outcome, OutOfOffice, QueueSettings, UserState
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
+    SUMMARY_FIELDS,
     ActionFilter,
+    ActionSummary,
     BulkOperation,
     BulkRequest,
     BulkStatus,
@@ -132,6 +134,25 @@ def _action(row: RowMapping) -> ManualAction:
         message_template=row["message_template"],
         history=_history_from_json(row["history"]),
     )
+
+
+# The columns of an ActionSummary, in its field order, the contact's three in place of ``contact``.
+_SUMMARY_COLUMNS = tuple(
+    column for name in SUMMARY_FIELDS
+    for column in ((t.c.contact_id, t.c.contact_name, t.c.contact_phone) if name == "contact"
+                   else (t.c.tenant_id,) if name == "tenant"
+                   else (t.c.action_type,) if name == "type"
+                   else (t.c[name],)))
+_CONTACT_AT = SUMMARY_FIELDS.index("contact")
+_TYPE_AT = SUMMARY_FIELDS.index("type")
+_STATUS_AT = SUMMARY_FIELDS.index("status")
+
+
+def _summary(row: Sequence[Any]) -> ActionSummary:
+    values = [*row[:_CONTACT_AT], Contact(*row[_CONTACT_AT:_CONTACT_AT + 3]), *row[_CONTACT_AT + 3:]]
+    values[_TYPE_AT] = ActionType(values[_TYPE_AT])
+    values[_STATUS_AT] = ActionStatus(values[_STATUS_AT])
+    return ActionSummary(*values)
 
 
 def _like_pattern(text: str) -> str:
@@ -385,15 +406,14 @@ class SqlActionRepository:
         return list(found.values())
 
     async def list(self, tenant: str, filters: ActionFilter, *, limit: int, after: Cursor | None,
-                   sort: Sort = DEFAULT_SORT) -> Sequence[ManualAction]:
+                   sort: Sort = DEFAULT_SORT) -> Sequence[ActionSummary]:
         await self._staged.flush_held_save(self._conn)
-        statement = _filtered(select(t), tenant, filters)
+        statement = _filtered(select(*_SUMMARY_COLUMNS), tenant, filters)
         columns = [(t.c[name], descending) for name, descending in sort.columns]
         if after is not None:
             statement = statement.where(_after(columns, after.values))
         statement = statement.order_by(*(c.desc() if d else c.asc() for c, d in columns)).limit(limit)
-        rows = (await self._conn.execute(statement)).mappings().all()
-        return [_action(row) for row in rows]
+        return [_summary(row) for row in (await self._conn.execute(statement)).all()]
 
     async def counts(self, tenant: str, filters: ActionFilter) -> dict[tuple[ActionStatus, ActionType], int]:
         await self._staged.flush_held_save(self._conn)

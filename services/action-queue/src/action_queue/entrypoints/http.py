@@ -10,13 +10,14 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -40,7 +41,6 @@ from action_queue.domain.people import Outcome, OutOfOffice, QueueSettings, pars
 from action_queue.entrypoints.schemas import (
     ActionDetail,
     ActionPage,
-    ActionView,
     BulkRequestBody,
     BulkRequestView,
     CompleteRequest,
@@ -61,6 +61,7 @@ from action_queue.handlers import bulk as bulk_handlers
 from action_queue.handlers import queue
 from action_queue.handlers.ports import (
     ActionFilter,
+    ActionSummary,
     BulkOperation,
     BulkRequest,
     Cursor,
@@ -122,6 +123,24 @@ def _json(model: BaseModel) -> Response:
     serialise it through intermediate Python data: on the hot routes (Let's Start, the list) that
     was a measurable part of the request's CPU."""
     return Response(content=model.model_dump_json(by_alias=True), media_type="application/json")
+
+
+def _page_json(items: Sequence[ActionSummary], next_cursor: Cursor | None,
+               counts: ListCounts | None) -> bytes:
+    """The list's ``ActionPage`` as JSON, serialised by orjson straight from the summaries (dataclasses:
+    field order, enums as values, UTC as ``Z``), byte for byte what pydantic makes of the response
+    model (a unit test holds them equal) at a fraction of the CPU of building 50 models first."""
+    return orjson.dumps({"items": items,
+                         "next_cursor": _encode_cursor(next_cursor) if next_cursor else None,
+                         "counts": counts.model_dump(mode="json") if counts is not None else None},
+                        option=orjson.OPT_UTC_Z, default=_uuid_text)
+
+
+def _uuid_text(value: object) -> str:
+    # asyncpg's UUIDs are a subclass orjson does not take for uuid.UUID.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @contextmanager
@@ -272,9 +291,7 @@ async def list_actions(
             if action_status in listed:
                 by_type[action_type] = by_type.get(action_type, 0) + n
         summary = ListCounts(total=sum(by_type.values()), by_type=by_type, by_status=by_status)
-    return _json(ActionPage(items=[ActionView.of(a) for a in page.items],
-                            next_cursor=_encode_cursor(page.next_cursor) if page.next_cursor else None,
-                            counts=summary))
+    return Response(content=_page_json(page.items, page.next_cursor, summary), media_type="application/json")
 
 
 @router.get("/actions/{action_id}", response_model=ActionDetail, summary="One manual action with its history")

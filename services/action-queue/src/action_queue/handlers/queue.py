@@ -29,7 +29,7 @@ from action_queue.domain import (
 from action_queue.domain.checks import blocked_reason, current_phone
 from action_queue.domain.errors import InvalidField
 from action_queue.domain.people import OutOfOffice, QueueSettings
-from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, Cursor, Sort, UnitOfWork
+from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, ActionSummary, Cursor, Sort, UnitOfWork
 from action_queue.handlers.publishing import publish
 from manual_actions.auth import Role
 from manual_actions.contracts import ActionType, Payload
@@ -45,7 +45,7 @@ DEFAULT_LIST_STATUSES: tuple[ActionStatus, ...] = tuple(
 
 @dataclass(frozen=True)
 class Page:
-    items: Sequence[ManualAction]
+    items: Sequence[ActionSummary]
     next_cursor: Cursor | None
 
 
