@@ -148,10 +148,15 @@ _TYPE_AT = SUMMARY_FIELDS.index("type")
 _STATUS_AT = SUMMARY_FIELDS.index("status")
 
 
+# Enum members by value: a dict lookup per row instead of the enum's (much slower) call.
+_ACTION_TYPES = {member.value: member for member in ActionType}
+_STATUSES = {member.value: member for member in ActionStatus}
+
+
 def _summary(row: Sequence[Any]) -> ActionSummary:
     values = [*row[:_CONTACT_AT], Contact(*row[_CONTACT_AT:_CONTACT_AT + 3]), *row[_CONTACT_AT + 3:]]
-    values[_TYPE_AT] = ActionType(values[_TYPE_AT])
-    values[_STATUS_AT] = ActionStatus(values[_STATUS_AT])
+    values[_TYPE_AT] = _ACTION_TYPES[values[_TYPE_AT]]
+    values[_STATUS_AT] = _STATUSES[values[_STATUS_AT]]
     return ActionSummary(*values)
 
 

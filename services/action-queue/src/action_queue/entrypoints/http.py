@@ -40,6 +40,7 @@ from action_queue.domain.checks import QuietHours
 from action_queue.domain.people import Outcome, OutOfOffice, QueueSettings, parse_clock
 from action_queue.entrypoints.schemas import (
     ActionDetail,
+    ActionListQuery,
     ActionPage,
     BulkRequestBody,
     BulkRequestView,
@@ -240,47 +241,25 @@ router = APIRouter(prefix="/v1", tags=["manual actions"])
 
 
 @router.get("/actions", response_model=ActionPage, summary="List manual actions")
-async def list_actions(
-    actor: ActorDep,
-    ctx: ContextDep,
-    assignee_user_id: uuid.UUID | None = None,
-    workflow_id: uuid.UUID | None = None,
-    contact: Annotated[str | None, Query(min_length=1, max_length=100,
-                                         description="Substring of the contact's name or phone.")] = None,
-    type: Annotated[list[ActionType] | None, Query(description="sms and/or call.")] = None,
-    status: Annotated[list[ActionStatus] | None,
-                      Query(description="Any of these; default: every status but deleted.")] = None,
-    overdue: Annotated[bool | None, Query(
-        description="true: the due time passed and the action is still open; false: all others. An "
-                    "action without a due time is never overdue.")] = None,
-    queued_from: Annotated[datetime | None, Query(description="Queued at or after (with offset).")] = None,
-    queued_to: Annotated[datetime | None, Query(description="Queued before (with offset).")] = None,
-    due_from: Annotated[datetime | None, Query(
-        description="Due at or after (with offset); no due time: due when queued.")] = None,
-    due_to: Annotated[datetime | None, Query(description="Due before (with offset).")] = None,
-    sort: Annotated[str, Query(
-        description="priority, due_at or queued_at; a leading - sorts descending. Ties are broken by "
-                    "the queue order (due time, queue time, id), so -priority is the Let's Start order: "
-                    "priority desc, then due time (none = due when queued), then age.")] = "queued_at",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page (same sort).")] = None,
-    counts: Annotated[bool, Query(description="Also count every match (all pages), per status and type. "
-                                              "Costs a scan of the matches; leave off when paging.")] = False,
-) -> Response:
+async def list_actions(actor: ActorDep, ctx: ContextDep,
+                       query: Annotated[ActionListQuery, Query()]) -> Response:
     """The tenant's actions in the chosen order (default oldest first, by (queued_at, id)); agents get
     only their own, managers their team's. Keyset pagination: pass ``next_cursor`` back with the
     same filters and sort."""
-    order = _parse_sort(sort)
-    filters = ActionFilter(assignee_user_id=assignee_user_id, workflow_id=workflow_id, contact=contact,
-                           types=tuple(type or ()), statuses=tuple(status or ()),
-                           overdue=overdue, as_of=ctx.clock() if overdue is not None else None,
-                           queued_from=_aware("query.queued_from", queued_from),
-                           queued_to=_aware("query.queued_to", queued_to),
-                           due_from=_aware("query.due_from", due_from), due_to=_aware("query.due_to", due_to))
-    after = _decode_cursor(cursor, order) if cursor else None
+    order = _parse_sort(query.sort)
+    filters = ActionFilter(assignee_user_id=query.assignee_user_id, workflow_id=query.workflow_id,
+                           contact=query.contact, types=tuple(query.type or ()),
+                           statuses=tuple(query.status or ()), overdue=query.overdue,
+                           as_of=ctx.clock() if query.overdue is not None else None,
+                           queued_from=_aware("query.queued_from", query.queued_from),
+                           queued_to=_aware("query.queued_to", query.queued_to),
+                           due_from=_aware("query.due_from", query.due_from),
+                           due_to=_aware("query.due_to", query.due_to))
+    after = _decode_cursor(query.cursor, order) if query.cursor else None
     with _as_problem():
-        page = await queue.list_actions(ctx.read(), actor, filters, limit=limit, after=after, sort=order)
-        tally = await queue.count_actions(ctx.read(), actor, filters) if counts else None
+        page = await queue.list_actions(ctx.read(), actor, filters, limit=query.limit, after=after,
+                                        sort=order)
+        tally = await queue.count_actions(ctx.read(), actor, filters) if query.counts else None
     summary = None
     if tally is not None:
         listed = set(filters.statuses or queue.DEFAULT_LIST_STATUSES)
