@@ -8,16 +8,19 @@ a fast raw producer, then reads all of them twice in the same run:
 1. baseline: a raw ``AIOKafkaConsumer`` (no group, partitions assigned by hand) that decodes
    nothing and only counts records;
 2. action-queue's real materialisation: the ``BatchConsumer`` with action-queue's batch handler
-   (decode, inbox dedupe, upserts into ``manual_actions``, commit, then offset commits), on a fresh
+   (decode, COPY into ``manual_actions``, commit, then offset commits), on a fresh
    database and consumer group, with the service's own settings.
 
 Timing of (2) starts when the first batch reaches the handler (the group join before it is not
 materialisation work) and ends when the group's committed offsets cover every record; the
 database is then checked to hold exactly ``COUNT`` actions. Prints both rates and their ratio.
 ``BENCH_MATERIALISE_COUNT`` changes the number of events; ``BENCH_MATERIALISE_PROCESSES=N`` runs
-N consumers of the group, as N replicas of action-queue would (N-1 of them in child processes
-started before the timing, so the group's first rebalance is part of it); ``BENCH_PROFILE=<file>``
-writes a cProfile of the materialisation phase of this process (consumer loop, decoding, handler).
+N consumers of the group (default: the service's own default of ``ACTION_QUEUE_CONSUMER_PROCESSES``,
+cores + 1, at most 6), this process's and N-1 consumer-only processes of the service
+(``consumer_only``, as the service starts them), started before the timing, so the group's first
+rebalance is part of it; with one process it also prints the consumer process's CPU per action.
+``BENCH_PROFILE=<file>`` writes a cProfile of the materialisation phase of this process (consumer
+loop, decoding, handler).
 """
 
 from __future__ import annotations
@@ -41,12 +44,19 @@ from sqlalchemy import func, select
 
 from action_queue.adapters.tables import manual_actions
 from action_queue.entrypoints.consumer import batch_handler
-from action_queue.entrypoints.main import Settings, build_service
+from action_queue.entrypoints.main import (
+    Settings,
+    build_service,
+    consumer_only,
+    default_consumer_processes,
+    tune_garbage_collector,
+)
 from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope
-from manual_actions.kafka import BatchConsumer, Delivered, TopicSpec, ensure_topics
+from manual_actions.kafka import BatchConsumer, BatchHandler, Delivered, TopicSpec, ensure_topics
 
 COUNT = int(os.environ.get("BENCH_MATERIALISE_COUNT", "200000"))
-PROCESSES = int(os.environ.get("BENCH_MATERIALISE_PROCESSES", "1"))
+# The service's default (ACTION_QUEUE_CONSUMER_PROCESSES unset) unless told otherwise.
+PROCESSES = int(os.environ.get("BENCH_MATERIALISE_PROCESSES", default_consumer_processes()))
 PARTITIONS = 6  # as manual-actions.action-lifecycle
 TENANTS = [f"bench-t{i:03d}" for i in range(100)]
 ASSIGNEES = [uuid.uuid4() for _ in range(10_000)]
@@ -163,11 +173,13 @@ async def test_materialisation_throughput(stack: Any) -> None:
     service = await build_service(settings)
     replicas = [await _start_replica(settings, topic) for _ in range(PROCESSES - 1)]
     first_batch: list[float] = []
+    first_cpu: list[float] = []
     handle = batch_handler(service.uow)
 
     async def timed(batch: Sequence[Delivered]) -> None:
         if not first_batch:
             first_batch.append(time.time())
+            first_cpu.append(time.process_time())
         await handle(batch)
 
     # The service's own consumer settings and handler, on the bench topic.
@@ -175,6 +187,8 @@ async def test_materialisation_throughput(stack: Any) -> None:
     consumer = BatchConsumer(settings, group_id=group, topics=[topic], handler=timed, producer=dead_letters)
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()
+    # As the service's processes do once started (this one is pytest's, with a larger heap).
+    tune_garbage_collector()
     profile_path = os.environ.get("BENCH_PROFILE")
     profiler = cProfile.Profile() if profile_path else None
     if profiler:
@@ -187,6 +201,7 @@ async def test_materialisation_throughput(stack: Any) -> None:
             assert time.monotonic() < deadline, "materialisation did not finish in 15 minutes"
             await asyncio.sleep(0.05)
         finished = time.time()
+        cpu = time.process_time() - first_cpu[0] if first_cpu else 0.0
         if profiler:
             profiler.disable()
             profiler.dump_stats(profile_path)
@@ -212,6 +227,12 @@ async def test_materialisation_throughput(stack: Any) -> None:
     print(f"action-queue materialisation (batch {settings.consumer_batch_max_records}, {PROCESSES} consumer "
           f"process(es)): {seconds:.2f}s, "
           f"{rate:,.0f} actions/s; ratio to raw {rate / raw_rate:.2f}")
+    if PROCESSES == 1:
+        # Robust against other load on the machine, unlike the rate: this process's CPU only
+        # (consumer loop, decoding, handler; not PostgreSQL's or the broker's).
+        print(f"consumer process CPU: {cpu * 1e6 / COUNT:.1f} µs per action")
+    # Epoch seconds of the timed window, to match samples of other processes' CPU against it.
+    print(f"timed window (epoch s): {min(firsts):.2f} {finished:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
@@ -247,31 +268,21 @@ async def _first_batch_of(replica: asyncio.subprocess.Process) -> float:
 
 
 async def _replica(topic: str) -> None:
-    settings = Settings()
-    service = await build_service(settings)
-    dead_letters = await _dead_letter_producer(settings.kafka_bootstrap_servers)
-    handle = batch_handler(service.uow)
+    """A consumer-only process of the service (``consumer_only``, as ``run`` starts them), on the
+    bench topic, printing when its first batch reached the handler."""
     first = True
 
-    async def timed(batch: Sequence[Delivered]) -> None:
-        nonlocal first
-        if first:
-            first = False
-            print(f"first {time.time()}", flush=True)
-        await handle(batch)
+    def wrap(handle: BatchHandler) -> BatchHandler:
+        async def timed(batch: Sequence[Delivered]) -> None:
+            nonlocal first
+            if first:
+                first = False
+                print(f"first {time.time()}", flush=True)
+            await handle(batch)
+        return timed
 
-    consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=[topic],
-                             handler=timed, producer=dead_letters)
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    task = asyncio.create_task(consumer.run())
     print("ready", flush=True)
-    await stopping.wait()
-    await consumer.stop()
-    await task
-    await dead_letters.stop()
-    for callback in service.on_shutdown:
-        await callback()
+    await consumer_only(Settings(), wrap=wrap, topics=[topic])
 
 
 if __name__ == "__main__":

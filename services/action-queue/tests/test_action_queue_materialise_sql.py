@@ -61,3 +61,28 @@ async def test_inserts_only_new_ids_and_survives_a_rolled_back_batch(aq: Harness
     expected = [ManualAction.from_queued(tenant, e, 1) for e in events]
     assert stored == expected
     assert all(a is not None and a.status is ActionStatus.QUEUED for a in stored)
+
+
+async def test_a_batch_with_a_stored_id_keeps_the_transactions_earlier_work(aq: Harness) -> None:
+    """The direct COPY fails on the stored id; only it is undone (savepoint), not what the same
+    transaction did before, and the staged insert then stores the new ids once."""
+    tenant = await aq.new_tenant()
+    events = [action_queued(assignee=uuid.uuid4()) for _ in range(4)]
+    engine = aq.service.uow.engine
+    async with engine.connect() as conn:
+        async with conn.begin():
+            assert await insert_queued(conn, [NewAction(tenant, events[0], 1)]) == {events[0].action_id}
+            # Same transaction: events[0] is stored (uncommitted), so this COPY conflicts.
+            inserted = await insert_queued(conn, [NewAction(tenant, e, 1) for e in events[:3]])
+            assert inserted == {e.action_id for e in events[1:3]}
+        # A conflicting batch in a transaction that rolls back leaves nothing, and the next works.
+        async with conn.begin() as transaction:
+            inserted = await insert_queued(conn, [NewAction(tenant, e, 1) for e in events])
+            assert inserted == {events[3].action_id}
+            await transaction.rollback()
+        async with conn.begin():
+            inserted = await insert_queued(conn, [NewAction(tenant, e, 1) for e in events])
+            assert inserted == {events[3].action_id}
+    async with aq.service.uow() as uow:
+        stored = [await uow.actions.get(tenant, e.action_id) for e in events]
+    assert stored == [ManualAction.from_queued(tenant, e, 1) for e in events]

@@ -1,28 +1,72 @@
 """Process start of action-queue: migrate, ensure topics, then serve HTTP, the outbox relay and the
-consumer in one event loop (``manual_actions.service.serve``)."""
+consumer in one event loop (``manual_actions.service.serve``), plus ``consumer_processes - 1``
+child processes that run only a consumer of the same group (docs/decisions/0021).
+
+One consumer process is bound by its own Python CPU (decoding, building COPY rows, aiokafka's
+record unpacking), so materialisation scales with processes, not with tasks in one process. The
+children hold no HTTP port and no loop other than the consumer; the parent watches them:
+
+* a child stops with the parent: it asks the kernel for SIGTERM when its parent dies
+  (``PR_SET_PDEATHSIG``) and the parent's shutdown terminates and waits for it;
+* the service stops with a child: when a child ends while the service runs, the parent ends the
+  same way one process would have (a child killed by a signal takes the parent down with that
+  signal, a child that exited with an error stops the service with exit status 1), and the
+  orchestrator restarts the whole service. Every effect is committed before its offsets, so either
+  end is safe.
+
+Health and metrics stay on the parent: ``/ready`` answers for the service, and the consumer
+metrics of the children are not exported (the group's lag is the broker's committed offsets).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from action_queue.adapters import migrations
 from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
 from action_queue.entrypoints.http import build_app
 from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop, OutOfOfficeLoop
-from manual_actions.kafka import BatchConsumer
+from manual_actions.db import create_engine
+from manual_actions.kafka import BatchConsumer, BatchHandler, create_producer
 from manual_actions.logging import configure_logging
 from manual_actions.runtime import open_identity_store, start_core
-from manual_actions.service import BackgroundLoop, run_service, serve
+from manual_actions.service import BackgroundLoop, serve
 from manual_actions.settings import ServiceSettings
 
+log = logging.getLogger(__name__)
+
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+#: Partitions of manual-actions.action-lifecycle (the registry's count): more consumers of the
+#: group than this would sit idle.
+_MAX_USEFUL_PROCESSES = 6
+
+#: argv[1] of a child process started by ``run``.
+CONSUMER_ONLY = "consumer-only"
+#: Environment variable a child reads its parent's pid from (to notice a parent that died before
+#: the child asked for PR_SET_PDEATHSIG).
+_PARENT_PID_ENV = "ACTION_QUEUE_PARENT_PID"
+
+
+def default_consumer_processes() -> int:
+    """One consumer process per core plus one (a process waits for PostgreSQL and the broker part
+    of each batch), at most one per partition of action-lifecycle."""
+    return max(1, min((os.cpu_count() or 1) + 1, _MAX_USEFUL_PROCESSES))
 
 
 class Settings(ServiceSettings):
@@ -40,6 +84,26 @@ class Settings(ServiceSettings):
         default=10_000, ge=10, description="Pause between rounds moving the actions of users who are out.")
     consumer_group_id: str = Field(default=GROUP_ID, min_length=1,
                                    description="Kafka consumer group; replicas of one deployment share it.")
+    consumer_processes: int = Field(
+        default_factory=default_consumer_processes, ge=1, le=64,
+        validation_alias=AliasChoices("action_queue_consumer_processes", "consumer_processes"),
+        description="Consumer processes of the group this service runs (env "
+                    "ACTION_QUEUE_CONSUMER_PROCESSES): the parent's own consumer plus children that "
+                    "run only a consumer. Default: cores + 1, at most 6 (action-lifecycle's partitions).")
+
+
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for batch work; call once the process has started.
+
+    With CPython's default first threshold (700 allocations) a consumer batch's 500 decoded
+    envelopes, alive while the batch waits for PostgreSQL, were promoted to the oldest generation
+    and kept triggering full collections over every object of the process (about 150,000 after
+    start-up): decoding one ActionQueued took about 40 µs instead of 20 µs (docs/benchmarks.md).
+    ``gc.freeze`` moves the objects of start-up out of the collector's sight for good; a first
+    threshold of 10,000 lets a batch die by reference counting before a collection looks at it.
+    Cycles are still collected."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 @dataclass
@@ -74,15 +138,123 @@ async def build_service(settings: Settings) -> Service:
     )
 
 
+# --- consumer-only child processes --------------------------------------------------------------
+
+
+class ConsumerChildren:
+    """The ``count`` child processes running ``consumer_only_main``, started together (so the
+    group's members join at about the same time) and watched for as long as the service runs."""
+
+    def __init__(self, count: int, *, stop_timeout: float = 10.0) -> None:
+        self._count = count
+        self._stop_timeout = stop_timeout
+        self._children: list[asyncio.subprocess.Process] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        env = {**os.environ, _PARENT_PID_ENV: str(os.getpid())}
+        for _ in range(self._count):
+            self._children.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "action_queue.entrypoints.main", CONSUMER_ONLY, env=env))
+        log.info("consumer processes started", extra={"pids": [c.pid for c in self._children]})
+
+    async def watch(self) -> None:
+        """Background loop: returns never while the children run; when one ends unexpectedly, the
+        service ends as one process would have (see the module's docstring)."""
+        if not self._children:
+            await asyncio.Event().wait()
+        waits = {asyncio.ensure_future(c.wait()): c for c in self._children}
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if self._stopping:
+            await asyncio.Event().wait()  # cancelled by the shutdown
+        child = waits[next(iter(done))]
+        status = child.returncode
+        assert status is not None
+        log.error("a consumer process ended; stopping the service",
+                  extra={"pid": child.pid, "returncode": status})
+        if status == -signal.SIGKILL:
+            # As if the one process had been killed: no cleanup anywhere (crash tests rely on it).
+            for other in self._children:
+                if other.returncode is None:
+                    other.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+        if status <= 0:
+            # Stopped by a signal (often one sent to the whole process group): stop gracefully too.
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.Event().wait()  # cancelled by the shutdown
+        raise RuntimeError(f"consumer process {child.pid} exited with status {status}")
+
+    async def stop(self) -> None:
+        """SIGTERM every child (each finishes and commits its batch), then wait; SIGKILL after
+        ``stop_timeout`` seconds."""
+        self._stopping = True
+        for child in self._children:
+            if child.returncode is None:
+                child.terminate()
+        for child in self._children:
+            try:
+                await asyncio.wait_for(child.wait(), self._stop_timeout)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGTERM when the parent dies; exit if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    expected = os.environ.get(_PARENT_PID_ENV)
+    if expected is not None and os.getppid() != int(expected):
+        raise SystemExit("the parent process ended before this consumer process started")
+
+
+async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], BatchHandler] | None = None,
+                        topics: Sequence[str] = TOPICS) -> None:
+    """Run one consumer of the group until SIGTERM/SIGINT: no HTTP, no relay, no other loop.
+
+    The database is already migrated and the topics exist (the parent did it). The consumer gets
+    its own small engine and its own producer for dead letters. ``wrap`` and ``topics`` are for the
+    benchmark (timing the handler, its own topic)."""
+    engine = create_engine(settings.database_url, pool_size=2)
+    producer = create_producer(settings)
+    await producer.start()
+    handler = batch_handler(SqlUnitOfWorkFactory(engine))
+    consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=topics,
+                             handler=wrap(handler) if wrap else handler, producer=producer)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(consumer.stop()))
+    tune_garbage_collector()
+    try:
+        await consumer.run()
+    finally:
+        await producer.stop()
+        await engine.dispose()
+
+
+# --- process start ------------------------------------------------------------------------------
+
+
 async def run(settings: Settings) -> None:
     service = await build_service(settings)
-    await serve(service.app, settings, background=service.background, on_shutdown=service.on_shutdown)
+    children = ConsumerChildren(settings.consumer_processes - 1)
+    await children.start()
+    tune_garbage_collector()
+    await serve(service.app, settings, background=[*service.background, children.watch],
+                # Children first: they are consumers of the group too, stopped before the parent's.
+                on_shutdown=[children.stop, *service.on_shutdown])
 
 
 def main() -> None:
     settings = Settings()
+    if sys.argv[1:2] == [CONSUMER_ONLY]:
+        _die_with_parent()
+        configure_logging(f"{settings.service_name}-consumer", settings.log_level)
+        asyncio.run(consumer_only(settings))
+        return
     configure_logging(settings.service_name, settings.log_level)
-    run_service(run(settings))
+    asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

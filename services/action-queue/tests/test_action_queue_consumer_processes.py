@@ -1,0 +1,133 @@
+"""action-queue runs ``ACTION_QUEUE_CONSUMER_PROCESSES`` consumers of its group as one service:
+the parent and consumer-only children, which join the group, die with the parent, and take the
+parent down with them (tested on the real ``action-queue`` executable, real Kafka and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from action_queue.entrypoints.main import CONSUMER_ONLY, Settings, default_consumer_processes
+from devstack.processes import ServiceProcesses
+
+SERVICE = "action-queue"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(parent: int) -> list[int]:
+    """Pids of ``parent``'s consumer-only children (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and CONSUMER_ONLY.encode() in argv:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+async def _members(bootstrap: str, group: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    except KafkaError as exc:  # the group has no coordinator before its first member joins
+        if not exc.retriable:
+            raise
+        return 0
+    finally:
+        await admin.close()
+    # The raw DescribeGroups response: (error_code, group_id, state, protocol_type, protocol, members, ...)
+    groups = described[0].groups
+    return len(groups[0][5]) if groups else 0
+
+
+@pytest.fixture
+def services(stack: Any, tmp_path: Path) -> Any:
+    group = f"aq-procs-{uuid.uuid4().hex[:8]}"
+    env = {"ACTION_QUEUE_CONSUMER_PROCESSES": "3", "CONSUMER_GROUP_ID": group}
+    processes = ServiceProcesses(stack, tmp_path, ports={SERVICE: _free_port()}, database_prefix="procs_",
+                                 extra_env=env)
+    try:
+        yield processes, group
+    finally:
+        processes.stop()
+
+
+def test_default_is_a_process_per_core_plus_one_at_most_six(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_consumer_processes() == min((os.cpu_count() or 1) + 1, 6)
+    monkeypatch.setenv("ACTION_QUEUE_CONSUMER_PROCESSES", "2")
+    assert Settings().consumer_processes == 2
+    monkeypatch.setenv("ACTION_QUEUE_CONSUMER_PROCESSES", "0")
+    with pytest.raises(ValueError, match="consumer_processes"):
+        Settings()
+
+
+def test_children_join_the_group_and_die_with_the_parent(services: Any, stack: Any) -> None:
+    processes, group = services
+    processes.start([SERVICE])
+    parent = processes.processes[SERVICE].pid
+    _wait(lambda: len(_children(parent)) == 2, 30, "two consumer-only children")
+    children = _children(parent)
+    _wait(lambda: asyncio.run(_members(stack.kafka_bootstrap, group)) == 3, 60,
+          "three members in the group")
+
+    # SIGKILL leaves the parent no cleanup: the kernel's PR_SET_PDEATHSIG stops the children.
+    assert processes.kill(SERVICE, signal.SIGKILL) == -signal.SIGKILL
+    _wait(lambda: not any(_alive(c) for c in children), 30, "children outlived their parent")
+
+
+def test_a_child_killed_takes_the_service_down_the_same_way(services: Any) -> None:
+    processes, _ = services
+    processes.start([SERVICE])
+    parent = processes.processes[SERVICE].pid
+    _wait(lambda: len(_children(parent)) == 2, 30, "two consumer-only children")
+    first, second = _children(parent)
+    os.kill(first, signal.SIGKILL)
+    assert processes.wait_exit(SERVICE, timeout=30) == -signal.SIGKILL
+    _wait(lambda: not _alive(second), 30, "the other child outlived the service")
+
+
+def test_sigterm_stops_parent_and_children_cleanly(services: Any) -> None:
+    processes, _ = services
+    processes.start([SERVICE])
+    parent = processes.processes[SERVICE].pid
+    _wait(lambda: len(_children(parent)) == 2, 30, "two consumer-only children")
+    children = _children(parent)
+    assert processes.kill(SERVICE, signal.SIGTERM) == 0
+    assert not any(_alive(c) for c in children)
