@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -10,7 +12,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from manual_actions.auth import (
@@ -24,6 +26,7 @@ from manual_actions.auth import (
     parse_token,
     require_roles,
 )
+from manual_actions.auth.store import LISTENER_APPLICATION_NAME
 from manual_actions.http import PROBLEM_JSON, create_app
 
 pytestmark = pytest.mark.integration
@@ -150,6 +153,105 @@ async def test_revocation_reaches_other_processes_within_the_cache_ttl(engine: A
     assert await api_process.authenticate(token) is not None  # documented: up to the TTL
     clock.now += 1.5
     assert await api_process.authenticate(token) is None  # after the TTL: rejected
+
+
+async def _listening(store: IdentityStore) -> asyncio.Task[None]:
+    task = asyncio.create_task(store.listen_for_revocations(ping_interval=0.2, retry_interval=0.1))
+    for _ in range(200):
+        if store._listening:
+            return task
+        await asyncio.sleep(0.05)
+    task.cancel()
+    raise AssertionError("the store did not start listening for revocations")
+
+
+async def test_a_listening_process_caches_long_and_drops_a_token_revoked_elsewhere_at_once(
+    engine: AsyncEngine,
+) -> None:
+    clock = FakeClock()
+    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    tenant_id = await tenant(admin_process)
+    token = await admin_process.issue_token(tenant_id, Role.AGENT)
+    other = await admin_process.issue_token(tenant_id, Role.AGENT)
+    listener = await _listening(api_process)
+    try:
+        assert await api_process.authenticate(token) is not None
+        assert await api_process.authenticate(other) is not None
+        clock.now += 200  # beyond cache_ttl, within listening_cache_ttl: still cached, no lookup
+        assert await api_process.authenticate(token) is not None
+
+        await admin_process.revoke_token(split(token)[0])
+        for _ in range(100):  # the notification arrives on the listening connection
+            if await api_process.authenticate(token) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert await api_process.authenticate(token) is None
+        assert await api_process.authenticate(other) is not None  # only the revoked token dropped
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+    assert not api_process._listening
+
+
+async def test_a_lookup_that_overlaps_a_revocation_is_cached_only_briefly(engine: AsyncEngine) -> None:
+    # The lookup read the token as valid, then a revocation was announced before its answer was
+    # cached: caching that answer for the long TTL would keep the revoked token working.
+    clock = FakeClock()
+    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    tenant_id = await tenant(admin_process)
+    token = await admin_process.issue_token(tenant_id, Role.AGENT)
+    listener = await _listening(api_process)
+    try:
+        real_lookup = api_process._lookup
+
+        async def lookup_then_revocation(token_id: str, secret: str) -> Principal | None:
+            found = await real_lookup(token_id, secret)
+            await admin_process.revoke_token(token_id)
+            for _ in range(100):
+                if api_process._revocations_seen:
+                    break
+                await asyncio.sleep(0.02)
+            return found
+
+        api_process._lookup = lookup_then_revocation  # type: ignore[method-assign]
+        assert await api_process.authenticate(token) is not None  # the answer read before
+        api_process._lookup = real_lookup  # type: ignore[method-assign]
+        clock.now += 6  # past cache_ttl: looked up again, and refused
+        assert await api_process.authenticate(token) is None
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+async def test_losing_the_listening_connection_clears_the_cache_and_listening_resumes(
+    engine: AsyncEngine,
+) -> None:
+    clock = FakeClock()
+    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    tenant_id = await tenant(admin_process)
+    token = await admin_process.issue_token(tenant_id, Role.AGENT)
+    listener = await _listening(api_process)
+    try:
+        assert await api_process.authenticate(token) is not None
+        async with engine.connect() as conn:  # as a restart of the identity database would
+            await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE application_name = :name"), {"name": LISTENER_APPLICATION_NAME})
+            await conn.commit()
+        for _ in range(200):
+            if not api_process._cache:
+                break
+            await asyncio.sleep(0.02)
+        assert not api_process._cache  # entries cached for long may have missed a revocation
+        await _listening(api_process)  # back within the retry interval
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
 
 
 async def test_revoking_through_the_same_instance_drops_its_cache(store: IdentityStore) -> None:

@@ -5,8 +5,11 @@ Why opaque hashed tokens in one shared database: ``docs/decisions/0006-identity-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+import asyncpg
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -35,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from manual_actions.db import advisory_lock_key
+from manual_actions.db import advisory_lock_key, asyncpg_dsn
 
 
 class Role(StrEnum):
@@ -117,6 +121,14 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+log = logging.getLogger(__name__)
+
+# Every revocation is announced on this PostgreSQL channel (payload: the token id), in the revoking
+# transaction, so listening processes drop the token from their caches at once.
+TOKEN_REVOKED_CHANNEL = "manual_actions_token_revoked"
+# The listening connection's name in pg_stat_activity.
+LISTENER_APPLICATION_NAME = "manual-actions token revocations"
+
 # Connections of a service's identity engine: one per request that checks a token not in the cache,
 # at the same time (beyond the pool, each check would open and close a connection of its own).
 IDENTITY_POOL_SIZE = 5
@@ -157,10 +169,13 @@ class _CacheEntry:
 class IdentityStore:
     """Tenants and tokens. ``create_schema`` is idempotent.
 
-    ``authenticate`` caches each answer (valid or not) for ``cache_ttl`` seconds per process, so
-    a busy API does not query the identity database on every request. Consequence: a token
-    revoked in another process keeps working here for at most ``cache_ttl`` seconds; revoking
-    through this instance takes effect here at once. ``tenant_exists`` remembers a tenant it
+    ``authenticate`` caches each answer (valid or not) per process, so a busy API does not query
+    the identity database on every request: for ``cache_ttl`` seconds, or ``listening_cache_ttl``
+    while ``listen_for_revocations`` runs. Revoking notifies every listening process in the
+    revoking transaction (``TOKEN_REVOKED_CHANNEL``), and each drops the token from its cache at
+    once; a process that does not listen (or lost its listening connection, which clears its
+    cache) accepts a token revoked elsewhere for at most ``cache_ttl`` seconds. Revoking through
+    this instance takes effect here at once. ``tenant_exists`` remembers a tenant it
     found for ``tenant_cache_ttl`` seconds (tenants are never deleted) and never remembers a
     miss. ``clock`` is injectable for tests.
 
@@ -173,12 +188,19 @@ class IdentityStore:
         engine: AsyncEngine,
         *,
         cache_ttl: float = 5.0,
+        listening_cache_ttl: float = 300.0,
         cache_max_entries: int = 10_000,
         tenant_cache_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._cache_ttl = cache_ttl
+        self._listening_cache_ttl = listening_cache_ttl
+        # True while a connection LISTENs on TOKEN_REVOKED_CHANNEL (see listen_for_revocations).
+        self._listening = False
+        # Bumped by every revocation this process learns of: a lookup that overlapped one is
+        # cached only briefly (it may have read the token just before the revocation committed).
+        self._revocations_seen = 0
         self._cache_max_entries = cache_max_entries
         self._tenant_cache_ttl = tenant_cache_ttl
         self._clock = clock
@@ -286,8 +308,53 @@ class IdentityStore:
                 exists = await conn.scalar(select(api_tokens.c.id).where(api_tokens.c.id == token_id))
                 if exists is None:
                     raise UnknownTokenError(f"no token {token_id!r}")
+            await conn.execute(text("SELECT pg_notify(:channel, :token_id)"),
+                               {"channel": TOKEN_REVOKED_CHANNEL, "token_id": token_id})
+        self._forget_token(token_id)
+
+    def _forget_token(self, token_id: str) -> None:
+        self._revocations_seen += 1
         for key in [key for key, entry in self._cache.items() if entry.token_id == token_id]:
             del self._cache[key]
+
+    async def listen_for_revocations(self, *, ping_interval: float = 5.0,
+                                     retry_interval: float = 1.0) -> None:
+        """Background loop (runs until cancelled): keep a connection LISTENing on
+        ``TOKEN_REVOKED_CHANNEL`` and drop each revoked token from this process's cache, so
+        answers may be cached for ``listening_cache_ttl`` instead of ``cache_ttl``.
+
+        The connection is pinged every ``ping_interval`` seconds (a LISTEN connection carries no
+        other traffic, so a dead one would go unnoticed). When it is lost, or cannot be opened,
+        the cache is cleared and the short ``cache_ttl`` applies until listening again (tried
+        every ``retry_interval`` seconds): revocations missed meanwhile stay effective within
+        ``cache_ttl``, as without listening."""
+        dsn = asyncpg_dsn(self._engine.url)
+
+        def on_revoked(_conn: object, _pid: int, _channel: str, token_id: str) -> None:
+            self._forget_token(token_id)
+
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(
+                    dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME})
+                await conn.add_listener(TOKEN_REVOKED_CHANNEL, on_revoked)
+                self._listening = True
+                while True:
+                    await asyncio.sleep(ping_interval)
+                    await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=ping_interval)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if self._listening:
+                    log.warning("stopped listening for token revocations; caching briefly",
+                                extra={"error": repr(exc)})
+            finally:
+                if self._listening:
+                    self._listening = False
+                    self._cache.clear()  # entries cached for long may have missed a revocation
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close(timeout=1)
+            await asyncio.sleep(retry_interval)
 
     async def list_tokens(self, tenant: str) -> list[TokenInfo]:
         """The tenant's tokens, newest first, revoked ones included."""
@@ -324,8 +391,11 @@ class IdentityStore:
         if cached is not None and cached.expires_at > now:
             return cached.principal
         parsed = parse_token(token)
+        revocations_before = self._revocations_seen
         principal = await self._lookup(*parsed) if parsed else None
-        self._remember(key, _CacheEntry(now + self._cache_ttl, principal, parsed[0] if parsed else None))
+        long_enough = self._listening and self._revocations_seen == revocations_before
+        ttl = self._listening_cache_ttl if long_enough else self._cache_ttl
+        self._remember(key, _CacheEntry(now + ttl, principal, parsed[0] if parsed else None))
         return principal
 
     async def _lookup(self, token_id: str, secret: str) -> Principal | None:

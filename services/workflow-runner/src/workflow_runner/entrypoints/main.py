@@ -77,7 +77,8 @@ async def build_service(settings: Settings) -> Service:
         app=app,
         engine=engine,
         uow=uow,
-        background=[core.relay.run, consumer.run, timer_loop.run, bulk_loop.run],
+        background=[core.relay.run, consumer.run, timer_loop.run, bulk_loop.run,
+                    identity.listen_for_revocations],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[
             timer_loop.stop,
