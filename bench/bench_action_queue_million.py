@@ -11,7 +11,8 @@ secondary indexes and primary key, which are created again afterwards (as the mi
 them), then VACUUM ANALYZE.
 
 The app is served by uvicorn in its own process (as ``./dev up`` runs it, without the background
-loops, so nothing else competes), started before the load so it runs the code of that moment.
+loops, so nothing else competes, except the identity store's listener for token revocations, which
+decides how long tokens stay cached), started before the load so it runs the code of that moment.
 ``CLIENTS`` concurrent HTTP clients (``BENCH_MILLION_CLIENTS``, default 4; 1 shows a request's time
 at the server without the others' CPU on the same event loop) in this process call ``POST
 /v1/queue/next`` (each call reserves one more action of one of 300 agents), and after that ``GET
@@ -259,9 +260,13 @@ async def _serve(settings_json: str, port: int) -> None:
     config.load()
     timing.http_protocol = getattr(config.http_protocol_class, "__module__", "?")
     server = uvicorn.Server(config)
+    # The one background loop that changes a request's work: the service listens for token
+    # revocations and so caches tokens for minutes (decision 0023).
+    listener = asyncio.create_task(identity.listen_for_revocations())
     try:
         await server.serve()
     finally:
+        listener.cancel()
         for callback in service.on_shutdown:
             await callback()
 
