@@ -45,7 +45,7 @@ from manual_actions.db import create_engine
 from manual_actions.kafka import BatchConsumer, BatchHandler, create_producer
 from manual_actions.logging import configure_logging
 from manual_actions.runtime import open_identity_store, start_core
-from manual_actions.service import BackgroundLoop, serve
+from manual_actions.service import BackgroundLoop, run_service, serve
 from manual_actions.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ async def build_service(settings: Settings) -> Service:
     return Service(
         app=app,
         uow=uow,
-        background=[core.relay.run, consumer.run, maintenance.run, bulk.run, out_of_office.run],
+        background=[core.relay.run, consumer.run, maintenance.run, bulk.run, out_of_office.run,
+                    identity.listen_for_revocations],
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[consumer.stop, *core.shutdown_steps(), identity_engine.dispose],
     )
@@ -251,10 +252,10 @@ def main() -> None:
     if sys.argv[1:2] == [CONSUMER_ONLY]:
         _die_with_parent()
         configure_logging(f"{settings.service_name}-consumer", settings.log_level)
-        asyncio.run(consumer_only(settings))
+        run_service(consumer_only(settings))
         return
     configure_logging(settings.service_name, settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings))
 
 
 if __name__ == "__main__":
