@@ -146,7 +146,8 @@ class ConsumerChildren:
     """The ``count`` child processes running ``consumer_only_main``, started together (so the
     group's members join at about the same time) and watched for as long as the service runs."""
 
-    def __init__(self, count: int, *, stop_timeout: float = 10.0) -> None:
+    # Below serve's 10 s per shutdown step, so a child that does not stop is killed, not left behind.
+    def __init__(self, count: int, *, stop_timeout: float = 8.0) -> None:
         self._count = count
         self._stop_timeout = stop_timeout
         self._children: list[asyncio.subprocess.Process] = []
