@@ -49,10 +49,10 @@ from action_queue.entrypoints.main import (
     build_service,
     consumer_only,
     default_consumer_processes,
-    tune_garbage_collector,
 )
 from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope
 from manual_actions.kafka import BatchConsumer, BatchHandler, Delivered, TopicSpec, ensure_topics
+from manual_actions.service import run_service, tune_garbage_collector
 
 COUNT = int(os.environ.get("BENCH_MATERIALISE_COUNT", "200000"))
 # The service's default (ACTION_QUEUE_CONSUMER_PROCESSES unset) unless told otherwise.
@@ -286,4 +286,4 @@ async def _replica(topic: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_replica(sys.argv[1]))
+    run_service(_replica(sys.argv[1]))  # as the service runs its children: uvloop, GC tuned

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import os
 import signal
@@ -90,20 +89,6 @@ class Settings(ServiceSettings):
         description="Consumer processes of the group this service runs (env "
                     "ACTION_QUEUE_CONSUMER_PROCESSES): the parent's own consumer plus children that "
                     "run only a consumer. Default: cores + 1, at most 6 (action-lifecycle's partitions).")
-
-
-def tune_garbage_collector() -> None:
-    """Make the cyclic garbage collector cheap for batch work; call once the process has started.
-
-    With CPython's default first threshold (700 allocations) a consumer batch's 500 decoded
-    envelopes, alive while the batch waits for PostgreSQL, were promoted to the oldest generation
-    and kept triggering full collections over every object of the process (about 150,000 after
-    start-up): decoding one ActionQueued took about 40 µs instead of 20 µs (docs/benchmarks.md).
-    ``gc.freeze`` moves the objects of start-up out of the collector's sight for good; a first
-    threshold of 10,000 lets a batch die by reference counting before a collection looks at it.
-    Cycles are still collected."""
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 @dataclass
@@ -227,7 +212,6 @@ async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], Ba
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(consumer.stop()))
-    tune_garbage_collector()
     try:
         await consumer.run()
     finally:
@@ -242,7 +226,6 @@ async def run(settings: Settings) -> None:
     service = await build_service(settings)
     children = ConsumerChildren(settings.consumer_processes - 1)
     await children.start()
-    tune_garbage_collector()
     await serve(service.app, settings, background=[*service.background, children.watch],
                 # Children first: they are consumers of the group too, stopped before the parent's.
                 on_shutdown=[children.stop, *service.on_shutdown])
