@@ -189,9 +189,8 @@ async def test_a_listening_process_caches_long_and_drops_a_token_revoked_elsewhe
         assert await api_process.authenticate(token) is None
         assert await api_process.authenticate(other) is not None  # only the revoked token dropped
     finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        await api_process.stop_listening()
+        await asyncio.wait_for(listener, timeout=5)  # returns, as a service's shutdown expects
     assert not api_process._listening
 
 

@@ -201,6 +201,7 @@ class IdentityStore:
         # Bumped by every revocation this process learns of: a lookup that overlapped one is
         # cached only briefly (it may have read the token just before the revocation committed).
         self._revocations_seen = 0
+        self._stop_listening = asyncio.Event()
         self._cache_max_entries = cache_max_entries
         self._tenant_cache_ttl = tenant_cache_ttl
         self._clock = clock
@@ -319,8 +320,8 @@ class IdentityStore:
 
     async def listen_for_revocations(self, *, ping_interval: float = 5.0,
                                      retry_interval: float = 1.0) -> None:
-        """Background loop (runs until cancelled): keep a connection LISTENing on
-        ``TOKEN_REVOKED_CHANNEL`` and drop each revoked token from this process's cache, so
+        """Background loop (until ``stop_listening`` or cancellation): keep a connection LISTENing
+        on ``TOKEN_REVOKED_CHANNEL`` and drop each revoked token from this process's cache, so
         answers may be cached for ``listening_cache_ttl`` instead of ``cache_ttl``.
 
         The connection is pinged every ``ping_interval`` seconds (a LISTEN connection carries no
@@ -329,19 +330,19 @@ class IdentityStore:
         every ``retry_interval`` seconds): revocations missed meanwhile stay effective within
         ``cache_ttl``, as without listening."""
         dsn = asyncpg_dsn(self._engine.url)
+        self._stop_listening.clear()
 
         def on_revoked(_conn: object, _pid: int, _channel: str, token_id: str) -> None:
             self._forget_token(token_id)
 
-        while True:
+        while not self._stop_listening.is_set():
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
                     dsn, server_settings={"application_name": LISTENER_APPLICATION_NAME})
                 await conn.add_listener(TOKEN_REVOKED_CHANNEL, on_revoked)
                 self._listening = True
-                while True:
-                    await asyncio.sleep(ping_interval)
+                while not await self._stopped_within(ping_interval):
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=ping_interval)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 if self._listening:
@@ -354,7 +355,16 @@ class IdentityStore:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=1)
-            await asyncio.sleep(retry_interval)
+            await self._stopped_within(retry_interval)
+
+    async def stop_listening(self) -> None:
+        """Make ``listen_for_revocations`` return (at once; its connection is closed)."""
+        self._stop_listening.set()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_listening.wait(), timeout=seconds)
+        return self._stop_listening.is_set()
 
     async def list_tokens(self, tenant: str) -> list[TokenInfo]:
         """The tenant's tokens, newest first, revoked ones included."""

@@ -120,7 +120,7 @@ async def build_service(settings: Settings) -> Service:
         background=[core.relay.run, consumer.run, maintenance.run, bulk.run, out_of_office.run,
                     identity.listen_for_revocations],
         # The consumer dead-letters through the producer, so it stops first.
-        on_shutdown=[consumer.stop, *core.shutdown_steps(), identity_engine.dispose],
+        on_shutdown=[consumer.stop, identity.stop_listening, *core.shutdown_steps(), identity_engine.dispose],
     )
 
 

@@ -83,6 +83,7 @@ async def build_service(settings: Settings) -> Service:
         on_shutdown=[
             timer_loop.stop,
             bulk_loop.stop,
+            identity.stop_listening,
             consumer.stop,
             *core.shutdown_steps(),
             identity_engine.dispose,
