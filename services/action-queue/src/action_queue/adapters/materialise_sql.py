@@ -73,8 +73,10 @@ async def insert_queued(conn: AsyncConnection, actions: Sequence[NewAction]) -> 
     if not actions:
         return set()
     records = [queued_record(a) for a in actions]
+    # Through SQLAlchemy: it begins the transaction on the server with this statement if nothing has
+    # yet (``driver_connection`` would otherwise spend a statement of its own on that).
+    await conn.execute(text(_SAVEPOINT))
     raw = await driver_connection(conn)
-    await raw.execute(_SAVEPOINT)
     try:
         await raw.copy_records_to_table("manual_actions", records=records, columns=QUEUED_COLUMNS)
     except asyncpg.UniqueViolationError:
