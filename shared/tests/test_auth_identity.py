@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from sqlalchemy import event, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from devstack.testing import eventually
 from manual_actions.auth import (
     IdentityStore,
     Principal,
@@ -155,64 +156,63 @@ async def test_revocation_reaches_other_processes_within_the_cache_ttl(engine: A
     assert await api_process.authenticate(token) is None  # after the TTL: rejected
 
 
-async def _listening(store: IdentityStore) -> asyncio.Task[None]:
-    task = asyncio.create_task(store.listen_for_revocations(ping_interval=0.2, retry_interval=0.1))
-    for _ in range(200):
-        if store._listening:
-            return task
-        await asyncio.sleep(0.05)
-    task.cancel()
-    raise AssertionError("the store did not start listening for revocations")
+async def _api_and_admin_processes(
+    engine: AsyncEngine,
+) -> tuple[FakeClock, IdentityStore, IdentityStore, str]:
+    """An API process's store (its clock, caching 5 s, or 300 s while listening), an admin
+    process's store, and a new tenant."""
+    clock = FakeClock()
+    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
+    admin_process = IdentityStore(engine)
+    return clock, api_process, admin_process, await tenant(admin_process)
+
+
+@contextlib.asynccontextmanager
+async def _listening(store: IdentityStore) -> AsyncIterator[None]:
+    """``store`` listening for revocations during the block, as a service's background loop."""
+    listener = asyncio.create_task(store.listen_for_revocations(ping_interval=0.2, retry_interval=0.1))
+    try:
+        await eventually(lambda: store._listening, what="the store listening for revocations")
+        yield
+    finally:
+        await store.stop_listening()
+        await asyncio.wait_for(listener, timeout=5)  # returns, as a service's shutdown expects
 
 
 async def test_a_listening_process_caches_long_and_drops_a_token_revoked_elsewhere_at_once(
     engine: AsyncEngine,
 ) -> None:
-    clock = FakeClock()
-    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
-    admin_process = IdentityStore(engine)
-    tenant_id = await tenant(admin_process)
+    clock, api_process, admin_process, tenant_id = await _api_and_admin_processes(engine)
     token = await admin_process.issue_token(tenant_id, Role.AGENT)
     other = await admin_process.issue_token(tenant_id, Role.AGENT)
-    listener = await _listening(api_process)
-    try:
+    async with _listening(api_process):
         assert await api_process.authenticate(token) is not None
         assert await api_process.authenticate(other) is not None
         clock.now += 200  # beyond cache_ttl, within listening_cache_ttl: still cached, no lookup
         assert await api_process.authenticate(token) is not None
 
         await admin_process.revoke_token(split(token)[0])
-        for _ in range(100):  # the notification arrives on the listening connection
-            if await api_process.authenticate(token) is None:
-                break
-            await asyncio.sleep(0.02)
-        assert await api_process.authenticate(token) is None
+
+        async def refused() -> bool:  # once the notification arrived on the listening connection
+            return await api_process.authenticate(token) is None
+
+        await eventually(refused, what="the revoked token refused by the listening process")
         assert await api_process.authenticate(other) is not None  # only the revoked token dropped
-    finally:
-        await api_process.stop_listening()
-        await asyncio.wait_for(listener, timeout=5)  # returns, as a service's shutdown expects
     assert not api_process._listening
 
 
 async def test_a_lookup_that_overlaps_a_revocation_is_cached_only_briefly(engine: AsyncEngine) -> None:
     # The lookup read the token as valid, then a revocation was announced before its answer was
     # cached: caching that answer for the long TTL would keep the revoked token working.
-    clock = FakeClock()
-    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
-    admin_process = IdentityStore(engine)
-    tenant_id = await tenant(admin_process)
+    clock, api_process, admin_process, tenant_id = await _api_and_admin_processes(engine)
     token = await admin_process.issue_token(tenant_id, Role.AGENT)
-    listener = await _listening(api_process)
-    try:
+    async with _listening(api_process):
         real_lookup = api_process._lookup
 
         async def lookup_then_revocation(token_id: str, secret: str) -> Principal | None:
             found = await real_lookup(token_id, secret)
             await admin_process.revoke_token(token_id)
-            for _ in range(100):
-                if api_process._revocations_seen:
-                    break
-                await asyncio.sleep(0.02)
+            await eventually(lambda: api_process._revocations_seen, what="the revocation announced")
             return found
 
         api_process._lookup = lookup_then_revocation  # type: ignore[method-assign]
@@ -220,37 +220,22 @@ async def test_a_lookup_that_overlaps_a_revocation_is_cached_only_briefly(engine
         api_process._lookup = real_lookup  # type: ignore[method-assign]
         clock.now += 6  # past cache_ttl: looked up again, and refused
         assert await api_process.authenticate(token) is None
-    finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
 
 
 async def test_losing_the_listening_connection_clears_the_cache_and_listening_resumes(
     engine: AsyncEngine,
 ) -> None:
-    clock = FakeClock()
-    api_process = IdentityStore(engine, cache_ttl=5.0, listening_cache_ttl=300.0, clock=clock)
-    admin_process = IdentityStore(engine)
-    tenant_id = await tenant(admin_process)
+    _, api_process, admin_process, tenant_id = await _api_and_admin_processes(engine)
     token = await admin_process.issue_token(tenant_id, Role.AGENT)
-    listener = await _listening(api_process)
-    try:
+    async with _listening(api_process):
         assert await api_process.authenticate(token) is not None
         async with engine.connect() as conn:  # as a restart of the identity database would
             await conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                     "WHERE application_name = :name"), {"name": LISTENER_APPLICATION_NAME})
             await conn.commit()
-        for _ in range(200):
-            if not api_process._cache:
-                break
-            await asyncio.sleep(0.02)
-        assert not api_process._cache  # entries cached for long may have missed a revocation
-        await _listening(api_process)  # back within the retry interval
-    finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        # Entries cached for long may have missed a revocation.
+        await eventually(lambda: not api_process._cache, what="the cache cleared")
+        await eventually(lambda: api_process._listening, what="listening again within the retry interval")
 
 
 async def test_revoking_through_the_same_instance_drops_its_cache(store: IdentityStore) -> None:
