@@ -359,7 +359,6 @@ def outbox_records(topic: str, documents: Sequence[dict[str, Any]]) -> list[tupl
     return records
 
 
-
 async def copy_documents_to_outbox(
     conn: AsyncConnection, topic: str, documents: Sequence[dict[str, Any]]
 ) -> None:
