@@ -266,9 +266,9 @@ async def _serve(settings_json: str, port: int) -> None:
     try:
         await server.serve()
     finally:
-        listener.cancel()
-        for callback in service.on_shutdown:
+        for callback in service.on_shutdown:  # among them the listener's stop
             await callback()
+        await listener
 
 
 # ---------------------------------------------------------------------------------------------
