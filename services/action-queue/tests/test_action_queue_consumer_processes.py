@@ -13,12 +13,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aq_factories import action_queued, wrap
+from prometheus_client.parser import text_string_to_metric_families
 
 from action_queue.entrypoints.main import CONSUMER_ONLY, Settings, default_consumer_processes
 from devstack.processes import ServiceProcesses
+from manual_actions.contracts import topics
 
 SERVICE = "action-queue"
 
@@ -61,7 +66,7 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-async def _members(bootstrap: str, group: str) -> int:
+async def _members(bootstrap: str, group: str, *, stable: bool = False) -> int:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -74,7 +79,9 @@ async def _members(bootstrap: str, group: str) -> int:
         await admin.close()
     # The raw DescribeGroups response: (error_code, group_id, state, protocol_type, protocol, members, ...)
     groups = described[0].groups
-    return len(groups[0][5]) if groups else 0
+    if not groups or (stable and groups[0][2] != "Stable"):
+        return 0
+    return len(groups[0][5])
 
 
 @pytest.fixture
@@ -131,3 +138,58 @@ def test_sigterm_stops_parent_and_children_cleanly(services: Any) -> None:
     children = _children(parent)
     assert processes.kill(SERVICE, signal.SIGTERM) == 0
     assert not any(_alive(c) for c in children)
+
+
+async def _produce_to_every_partition(bootstrap: str, per_partition: int) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        partitions = await producer.partitions_for(topics.ACTION_LIFECYCLE)
+        for partition in sorted(partitions):
+            for _ in range(per_partition):
+                event = action_queued()
+                envelope = wrap(event, tenant="tenant-metrics", subject=event.action_id)
+                await producer.send_and_wait(topics.ACTION_LIFECYCLE, envelope.to_json_bytes(),
+                                             key=envelope.subject.encode(), headers=envelope.kafka_headers(),
+                                             partition=partition)
+        return len(partitions) * per_partition
+    finally:
+        await producer.stop()
+
+
+def _consumer_samples(url: str, group: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("group") == group:
+                found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stack: Any) -> None:
+    processes, group = services
+    processes.start([SERVICE])
+    _wait(lambda: asyncio.run(_members(stack.kafka_bootstrap, group, stable=True)) == 3, 60,
+          "three members in the group, its partitions assigned")
+    # Every partition gets messages, and a member owns only some partitions: the parent's count
+    # reaches the total only with the children's.
+    sent = asyncio.run(_produce_to_every_partition(stack.kafka_bootstrap, per_partition=5))
+    url = processes.url(SERVICE)
+
+    def all_counted() -> bool:
+        samples = _consumer_samples(url, group)
+        messages = sum(samples.get("manual_actions_consumer_messages_total", {}).values())
+        lagged = {dict(k)["partition"] for k in samples.get("manual_actions_consumer_lag", {})}
+        return messages == sent and len(lagged) == sent // 5
+
+    _wait(all_counted, 60, f"the parent's /metrics counting all {sent} messages of the group")
+    samples = _consumer_samples(url, group)
+    assert set(samples["manual_actions_consumer_lag"].values()) == {0.0}
+    # Each member's batches are counted: at least one per member that had messages.
+    assert sum(samples["manual_actions_consumer_batches_total"].values()) >= 3
+    assert sum(v for k, v in samples["manual_actions_consumer_handler_duration_seconds_count"].items()) >= 3
+    # One metric family per name, whatever the number of processes (valid exposition).
+    text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    assert text.count("# TYPE manual_actions_consumer_messages_total") <= 1
+    assert text.count("# TYPE manual_actions_consumer_messages ") <= 1

@@ -807,8 +807,7 @@ class BatchConsumer:
                     extra={"group": self._group_id, "partitions": sorted(str(tp) for tp in batch.fenced)},
                 )
         for tp in revoked:
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
+            metrics.forget_lag(self._group_id, tp.topic, tp.partition)
         log.info(
             "partitions revoked", extra={"group": self._group_id, "partitions": sorted(map(str, revoked))}
         )

@@ -7,6 +7,9 @@ prometheus_client's default registry, which every service exposes on ``GET /metr
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # Messages fetched by a consumer loop, by group and topic, counted when fetched (before decoding),
@@ -53,12 +56,35 @@ CONSUMER_HANDLER_DURATION = Histogram(
 
 # Messages in a partition after this group's last commit (the broker's high watermark as of the
 # last fetch minus the committed offset), by group, topic and partition. Updated after each commit
-# of that partition, so it is as fresh as the last batch that touched it.
+# of that partition, so it is as fresh as the last batch that touched it. A process forgets a
+# partition's series when the partition is revoked; in prometheus_client's multiprocess mode (the
+# consumer-only children of action-queue) series cannot be removed, so there the most recently
+# written value of a partition wins across processes instead.
 CONSUMER_LAG = Gauge(
     "manual_actions_consumer_lag",
     "Messages not yet committed by the consumer group, per partition, as of the last commit.",
     ["group", "topic", "partition"],
+    multiprocess_mode="mostrecent",
 )
+
+#: The consumer metrics, which a parent process exports merged with its children's
+#: (``manual_actions.metrics.ChildProcessMetrics``).
+CONSUMER_METRICS = (CONSUMER_MESSAGES, CONSUMER_BATCHES, CONSUMER_DEAD_LETTERS, CONSUMER_HANDLER_FAILURES,
+                    CONSUMER_HANDLER_DURATION, CONSUMER_LAG)
+
+
+def forget_lag(group: str, topic: str, partition: int) -> None:
+    """Drop a revoked partition's lag series (a no-op in multiprocess mode, which cannot remove)."""
+    if multiprocess_mode():
+        return
+    with contextlib.suppress(KeyError):
+        CONSUMER_LAG.remove(group, topic, str(partition))
+
+
+def multiprocess_mode() -> bool:
+    """True when this process writes its metrics to ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client
+    chooses that when it is imported)."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 # Outbox rows the relay published (the broker acknowledged them and the rows were marked), by topic.
 OUTBOX_PUBLISHED = Counter(

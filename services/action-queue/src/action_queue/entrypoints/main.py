@@ -14,8 +14,11 @@ children hold no HTTP port and no loop other than the consumer; the parent watch
   orchestrator restarts the whole service. Every effect is committed before its offsets, so either
   end is safe.
 
-Health and metrics stay on the parent: ``/ready`` answers for the service, and the consumer
-metrics of the children are not exported (the group's lag is the broker's committed offsets).
+Health and metrics stay on the parent: ``/ready`` answers for the service, and its ``/metrics``
+shows the consumer metrics of the whole service: the children write theirs in prometheus_client's
+multiprocess mode into a directory of the parent (``ACTION_QUEUE_CONSUMER_METRICS_DIR``, else a
+temporary directory the parent makes and removes), and the parent exports its own consumer metrics
+merged with theirs (``manual_actions.metrics.ChildProcessMetrics``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,7 +47,9 @@ from action_queue.entrypoints.http import build_app
 from action_queue.entrypoints.maintenance import BulkLoop, MaintenanceLoop, OutOfOfficeLoop
 from manual_actions.db import create_engine
 from manual_actions.kafka import BatchConsumer, BatchHandler, create_producer
+from manual_actions.kafka_metrics import CONSUMER_METRICS
 from manual_actions.logging import configure_logging
+from manual_actions.metrics import ChildProcessMetrics
 from manual_actions.runtime import open_identity_store, start_core
 from manual_actions.service import BackgroundLoop, run_service, serve
 from manual_actions.settings import ServiceSettings
@@ -89,6 +96,12 @@ class Settings(ServiceSettings):
         description="Consumer processes of the group this service runs (env "
                     "ACTION_QUEUE_CONSUMER_PROCESSES): the parent's own consumer plus children that "
                     "run only a consumer. Default: cores + 1, at most 6 (action-lifecycle's partitions).")
+    consumer_metrics_dir: str = Field(
+        default="",
+        validation_alias=AliasChoices("action_queue_consumer_metrics_dir", "consumer_metrics_dir"),
+        description="Directory the consumer-only children write their metrics to (env "
+                    "ACTION_QUEUE_CONSUMER_METRICS_DIR; prometheus_client's multiprocess files, emptied "
+                    "at start). Empty: a temporary directory made at start and removed at shutdown.")
 
 
 @dataclass
@@ -132,14 +145,19 @@ class ConsumerChildren:
     group's members join at about the same time) and watched for as long as the service runs."""
 
     # Below serve's 10 s per shutdown step, so a child that does not stop is killed, not left behind.
-    def __init__(self, count: int, *, stop_timeout: float = 8.0) -> None:
+    def __init__(self, count: int, *, stop_timeout: float = 8.0, metrics_dir: Path | None = None) -> None:
         self._count = count
         self._stop_timeout = stop_timeout
+        self._metrics_dir = metrics_dir
         self._children: list[asyncio.subprocess.Process] = []
         self._stopping = False
 
     async def start(self) -> None:
         env = {**os.environ, _PARENT_PID_ENV: str(os.getpid())}
+        if self._metrics_dir is not None:
+            # Read by prometheus_client when the child imports it: every metric value of the child
+            # goes to an mmap file there, which the parent's ChildProcessMetrics reads.
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
         for _ in range(self._count):
             self._children.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "action_queue.entrypoints.main", CONSUMER_ONLY, env=env))
@@ -222,13 +240,43 @@ async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], Ba
 # --- process start ------------------------------------------------------------------------------
 
 
+class ChildMetricsDirectory:
+    """Where the children write their metrics: the operator's directory (its old ``*.db`` files
+    removed, as prometheus_client's multiprocess mode requires between runs), else a temporary
+    directory this process makes and ``close`` removes."""
+
+    def __init__(self, configured: str) -> None:
+        if configured:
+            self.path = Path(configured)
+            self.path.mkdir(parents=True, exist_ok=True)
+            own = f"_{os.getpid()}.db"
+            for stale in self.path.glob("*.db"):
+                if not stale.name.endswith(own):
+                    stale.unlink(missing_ok=True)
+            self._made = False
+        else:
+            self.path = Path(tempfile.mkdtemp(prefix="action-queue-metrics-"))
+            self._made = True
+
+    async def close(self) -> None:
+        if self._made:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 async def run(settings: Settings) -> None:
     service = await build_service(settings)
-    children = ConsumerChildren(settings.consumer_processes - 1)
+    on_shutdown = service.on_shutdown
+    metrics_dir: ChildMetricsDirectory | None = None
+    if settings.consumer_processes > 1:
+        metrics_dir = ChildMetricsDirectory(settings.consumer_metrics_dir)
+        ChildProcessMetrics(metrics_dir.path, CONSUMER_METRICS).install()
+        on_shutdown = [*on_shutdown, metrics_dir.close]
+    children = ConsumerChildren(settings.consumer_processes - 1,
+                                metrics_dir=metrics_dir.path if metrics_dir else None)
     await children.start()
     await serve(service.app, settings, background=[*service.background, children.watch],
                 # Children first: they are consumers of the group too, stopped before the parent's.
-                on_shutdown=[children.stop, *service.on_shutdown])
+                on_shutdown=[children.stop, *on_shutdown])
 
 
 def main() -> None:
