@@ -29,8 +29,10 @@ import asyncio
 import cProfile
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -171,7 +173,9 @@ async def test_materialisation_throughput(stack: Any) -> None:
                         database_url=stack.database_url(f"aq_bench_mat_{uuid.uuid4().hex[:8]}"),
                         identity_database_url=stack.database_url("identity"), consumer_group_id=group)
     service = await build_service(settings)
-    replicas = [await _start_replica(settings, topic) for _ in range(PROCESSES - 1)]
+    # The replicas write their metrics in multiprocess mode, as the service's children do.
+    metrics_dir = tempfile.mkdtemp(prefix="aq-bench-metrics-")
+    replicas = [await _start_replica(settings, topic, metrics_dir) for _ in range(PROCESSES - 1)]
     first_batch: list[float] = []
     first_cpu: list[float] = []
     handle = batch_handler(service.uow)
@@ -216,6 +220,7 @@ async def test_materialisation_throughput(stack: Any) -> None:
         for replica in replicas:
             replica.send_signal(signal.SIGTERM)
             await replica.wait()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         for callback in service.on_shutdown:
             await callback()
     # The first batch of any consumer of the group starts the clock (with several processes this
@@ -243,14 +248,14 @@ async def _dead_letter_producer(bootstrap: str) -> AIOKafkaProducer:
     return producer
 
 
-async def _start_replica(settings: Settings, topic: str) -> asyncio.subprocess.Process:
+async def _start_replica(settings: Settings, topic: str, metrics_dir: str) -> asyncio.subprocess.Process:
     """A child process consuming ``topic`` in the same group with the same settings; returns once
     its service is built (it prints ``ready``)."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, topic, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
              "DATABASE_URL": settings.database_url, "IDENTITY_DATABASE_URL": settings.identity_database_url,
-             "CONSUMER_GROUP_ID": settings.consumer_group_id})
+             "CONSUMER_GROUP_ID": settings.consumer_group_id, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
     assert line.strip() == b"ready", line
