@@ -51,7 +51,8 @@ def _expected_reason(value: bytes) -> str:
 def test_a_valid_message_decodes_to_the_same_envelope_with_or_without_headers() -> None:
     envelope = _queued_envelope()
     value = envelope.to_json_bytes()
-    for headers in (envelope.kafka_headers(), None, [], _headers("ActionQueued", "x")):
+    for headers in (envelope.kafka_headers(), None, [], _headers("ActionQueued", "x"),
+                    _headers("ActionQueued", "02"), [("version", b"2")], [("type", b"ActionQueued")]):
         decoded = decode_record(value, headers)
         assert decoded == decode(value) == envelope
         assert type(decoded.data) is ActionQueued

@@ -266,11 +266,12 @@ def is_transient(exc: BaseException) -> bool:
 # --- decoding ------------------------------------------------------------------------------------
 
 # The latest payload class of each message type: only a message already at its type's latest
-# version can skip the upcaster chain.
-_LATEST: dict[tuple[str, int], type[Any]] = {}
+# version can skip the upcaster chain. Keyed by the ``type``/``version`` header values as they are
+# on the wire (``Envelope.kafka_headers``), so the lookup decodes no header.
+_LATEST: dict[tuple[bytes, bytes], type[Any]] = {}
 for (_type, _version), _payload in PAYLOADS.items():
     if _version == max(v for t, v in PAYLOADS if t == _type):
-        _LATEST[(_type, _version)] = cast(Any, Envelope)[_payload]
+        _LATEST[(_type.encode(), str(_version).encode())] = cast(Any, Envelope)[_payload]
 _WIRE_REQUIRED = frozenset(WIRE_REQUIRED_FIELDS)
 
 
@@ -282,8 +283,9 @@ def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | No
     in one step by pydantic's JSON parser (``model_validate_json``) instead of ``json.loads``
     plus ``model_validate`` (about half the cost per message). The envelope's own validator
     still checks that ``type``/``version`` inside the document name that payload, and the wire
-    fields without a Python default are checked as ``decode`` does. Anything else, and any
-    failure, goes through ``decode``, so the reason of a dead letter is always the codec's.
+    fields without a Python default are checked as ``decode`` does. Anything else (another
+    spelling of the version included), and any failure, goes through ``decode``, so the reason of
+    a dead letter is always the codec's.
     """
     if value is not None and headers:
         message_type = message_version = None
@@ -292,16 +294,15 @@ def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | No
                 message_type = header
             elif name == "version":
                 message_version = header
-        if message_type is not None and message_version is not None and message_version.isdigit():
-            envelope_class = _LATEST.get((message_type.decode(errors="replace"), int(message_version)))
-            if envelope_class is not None:
-                try:
-                    envelope: Envelope[Any] = envelope_class.model_validate_json(value)
-                except ValidationError:
-                    pass
-                else:
-                    if envelope.model_fields_set >= _WIRE_REQUIRED:
-                        return envelope
+        envelope_class = _LATEST.get((message_type, message_version))  # type: ignore[arg-type]
+        if envelope_class is not None:
+            try:
+                envelope: Envelope[Any] = envelope_class.model_validate_json(value)
+            except ValidationError:
+                pass
+            else:
+                if envelope.model_fields_set >= _WIRE_REQUIRED:
+                    return envelope
     return decode(value)
 
 
