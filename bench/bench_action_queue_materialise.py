@@ -30,10 +30,8 @@ import cProfile
 import gc
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,6 +46,7 @@ from sqlalchemy import func, select
 from action_queue.adapters.tables import manual_actions
 from action_queue.entrypoints.consumer import batch_handler
 from action_queue.entrypoints.main import (
+    ChildMetricsDirectory,
     Settings,
     build_service,
     consumer_only,
@@ -175,8 +174,8 @@ async def test_materialisation_throughput(stack: Any) -> None:
                         identity_database_url=stack.database_url("identity"), consumer_group_id=group)
     service = await build_service(settings)
     # The replicas write their metrics in multiprocess mode, as the service's children do.
-    metrics_dir = tempfile.mkdtemp(prefix="aq-bench-metrics-")
-    replicas = [await _start_replica(settings, topic, metrics_dir) for _ in range(PROCESSES - 1)]
+    metrics_dir = ChildMetricsDirectory("")
+    replicas = [await _start_replica(settings, topic, str(metrics_dir.path)) for _ in range(PROCESSES - 1)]
     first_batch: list[float] = []
     first_cpu: list[float] = []
     handle = batch_handler(service.uow)
@@ -226,7 +225,8 @@ async def test_materialisation_throughput(stack: Any) -> None:
         for replica in replicas:
             replica.send_signal(signal.SIGTERM)
             await replica.wait()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        await metrics_dir.close()
+        gc.callbacks.remove(gc_time)
         for callback in service.on_shutdown:
             await callback()
     # The first batch of any consumer of the group starts the clock (with several processes this
