@@ -21,6 +21,12 @@ cores + 1, at most 6), this process's and N-1 consumer-only processes of the ser
 rebalance is part of it; with one process it also prints the consumer process's CPU per action.
 ``BENCH_PROFILE=<file>`` writes a cProfile of the materialisation phase of this process (consumer
 loop, decoding, handler).
+
+``python bench/bench_action_queue_materialise.py --decode`` (no stack needed) is the micro benchmark
+of decoding alone: µs per message of ``kafka.decode_record`` (what the consumer calls), of the
+reference ``contracts.decode``, and of the fast path before decision 0024
+(``Envelope[ActionQueued].model_validate_json`` plus the wire-field check), on this bench's envelopes,
+with the collector off and as in a service (``tune_garbage_collector``, 500 envelopes alive per batch).
 """
 
 from __future__ import annotations
@@ -314,5 +320,56 @@ async def _replica(topic: str) -> None:
     await consumer_only(Settings(), wrap=wrap, topics=[topic])
 
 
+def _decode_micro(rounds: int = 7, batches: int = 8, batch_size: int = 500) -> None:
+    """Print µs per message of each decoding path (best of ``rounds``, paths interleaved)."""
+    from manual_actions.contracts import decode
+    from manual_actions.kafka import decode_record
+
+    queued_class: Any = Envelope[ActionQueued]
+    wire_required = frozenset(("id", "time"))
+
+    def before(value: bytes, headers: Any) -> Any:
+        # The fast path as it was before decision 0024: pydantic's model plus the wire-field check.
+        envelope = queued_class.model_validate_json(value)
+        assert envelope.model_fields_set >= wire_required
+        return envelope
+
+    paths: dict[str, Any] = {
+        "kafka.decode_record (now)": decode_record,
+        "model_validate_json (before 0024)": before,
+        "contracts.decode (reference)": lambda value, headers: decode(value),
+    }
+    records = [(value, [("type", b"ActionQueued"), ("version", b"2"), ("tenant", tenant.encode())])
+               for value, _, tenant in _events(batches * batch_size)]
+    for value, headers in records[:50]:
+        assert decode_record(value, headers) == decode(value)
+
+    def one_round(path: Any) -> float:
+        started = time.perf_counter()
+        for start in range(0, len(records), batch_size):
+            # A batch's envelopes stay alive together, as in the consumer.
+            batch = [path(value, headers) for value, headers in records[start:start + batch_size]]
+            del batch
+        return (time.perf_counter() - started) / len(records)
+
+    for mode in ("collector off", "collector as in a service"):
+        if mode == "collector off":
+            gc.disable()
+        else:
+            gc.enable()
+            tune_garbage_collector()
+        best = dict.fromkeys(paths, float("inf"))
+        for _ in range(rounds):
+            for name, path in paths.items():
+                best[name] = min(best[name], one_round(path))
+        for name, seconds in best.items():
+            print(f"{mode:26} {name:36} {seconds * 1e6:6.2f} µs per message")
+    gc.enable()
+    print(f"load average: {os.getloadavg()}")
+
+
 if __name__ == "__main__":
-    run_service(_replica(sys.argv[1]))  # as the service runs its children: uvloop, GC tuned
+    if sys.argv[1:] == ["--decode"]:
+        _decode_micro()
+    else:
+        run_service(_replica(sys.argv[1]))  # as the service runs its children: uvloop, GC tuned

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import asyncpg
 import sqlalchemy.exc as sa_exc
@@ -40,9 +40,8 @@ from manual_actions import faults
 from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope, InvalidMessage, decode, registry
 from manual_actions.contracts import topics as topic_names
-from manual_actions.contracts.codec import PAYLOADS
 from manual_actions.contracts.dead_letters import dead_letter_headers
-from manual_actions.contracts.envelope import WIRE_REQUIRED_FIELDS
+from manual_actions.contracts.fast import FAST_VALIDATORS
 from manual_actions.faults import crash_point
 from manual_actions.settings import ServiceSettings
 from manual_actions.waiting import wait_event
@@ -265,44 +264,31 @@ def is_transient(exc: BaseException) -> bool:
 
 # --- decoding ------------------------------------------------------------------------------------
 
-# The latest payload class of each message type: only a message already at its type's latest
-# version can skip the upcaster chain. Keyed by the ``type``/``version`` header values as they are
-# on the wire (``Envelope.kafka_headers``), so the lookup decodes no header.
-_LATEST: dict[tuple[bytes, bytes], type[Any]] = {}
-for (_type, _version), _payload in PAYLOADS.items():
-    if _version == max(v for t, v in PAYLOADS if t == _type):
-        _LATEST[(_type.encode(), str(_version).encode())] = cast(Any, Envelope)[_payload]
-_WIRE_REQUIRED = frozenset(WIRE_REQUIRED_FIELDS)
-
 
 def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> Envelope[Any]:
     """``contracts.decode`` with a fast path: same result, same ``InvalidMessage`` reasons.
 
     When the record's ``type``/``version`` headers (which every producer of ours sets, see
     ``Envelope.kafka_headers``) name the latest version of a known type, the bytes are validated
-    in one step by pydantic's JSON parser (``model_validate_json``) instead of ``json.loads``
-    plus ``model_validate`` (about half the cost per message). The envelope's own validator
-    still checks that ``type``/``version`` inside the document name that payload, and the wire
-    fields without a Python default are checked as ``decode`` does. Anything else (another
-    spelling of the version included), and any failure, goes through ``decode``, so the reason of
-    a dead letter is always the codec's.
+    in one step by that envelope's validator derived from the contract (``contracts.fast``:
+    pydantic-core's JSON parser, the envelope's type/version check inside the schema) instead of
+    ``json.loads`` plus ``model_validate``. It accepts only what ``decode`` accepts and returns the
+    same envelope. Anything else (another spelling of the version header included), and anything
+    it refuses, goes through ``decode``, so the reason of a dead letter is always the codec's.
     """
     if value is not None and headers:
-        message_type = message_version = None
+        message_type = message_version = b""
         for name, header in headers:
             if name == "type":
                 message_type = header
             elif name == "version":
                 message_version = header
-        envelope_class = _LATEST.get((message_type, message_version))  # type: ignore[arg-type]
-        if envelope_class is not None:
+        validate = FAST_VALIDATORS.get((message_type, message_version))
+        if validate is not None:
             try:
-                envelope: Envelope[Any] = envelope_class.model_validate_json(value)
+                return validate(value)
             except ValidationError:
                 pass
-            else:
-                if envelope.model_fields_set >= _WIRE_REQUIRED:
-                    return envelope
     return decode(value)
 
 
