@@ -257,3 +257,69 @@ async def test_driver_connection_works_inside_the_transaction_even_before_any_st
             assert not driver.is_in_transaction()
     finally:
         await engine.dispose()
+
+
+async def test_a_driver_statement_binds_as_sqlalchemy_does_and_listeners_see_it(stack: Any) -> None:
+    from sqlalchemy import bindparam, event, literal, select
+    from sqlalchemy.dialects.postgresql import JSONB, insert
+
+    from manual_actions.db import DriverStatement
+
+    metadata = MetaData()
+    notes = Table("driver_notes", metadata, Column("id", Text, primary_key=True),
+                  Column("body", JSONB, nullable=True))
+    url = stack.database_url("test_db_driver")
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(notes.delete())
+        inserted = insert(notes).values(id=bindparam("id"), body=bindparam("body", type_=JSONB)).returning(
+            notes.c.id, notes.c.body, literal(7).label("seven"))
+        statement = DriverStatement(inserted)
+        seen: list[tuple[str, Any, Any]] = []
+
+        def before(conn: Any, cursor: Any, sql: str, parameters: Any, context: Any, many: bool) -> None:
+            context.started = True
+            seen.append((sql, parameters, cursor))
+
+        def after(conn: Any, cursor: Any, sql: str, parameters: Any, context: Any, many: bool) -> None:
+            assert context.started  # the same context object reaches both listeners
+            seen.append(("after", None, None))
+
+        async with engine.connect() as conn:
+            async with conn.begin():
+                row = await statement.fetchrow(conn, {"id": "a", "body": {"x": [1, None]}})
+                assert row is not None
+                # The JSONB value went through SQLAlchemy's bind processor (JSON text) and comes back
+                # decoded; the bound literal kept its value.
+                assert (row["id"], row["body"], row["seven"]) == ("a", {"x": [1, None]}, 7)
+                event.listen(engine.sync_engine, "before_cursor_execute", before)
+                event.listen(engine.sync_engine, "after_cursor_execute", after)
+                try:
+                    row = await statement.fetchrow(conn, {"id": "b", "body": None})
+                finally:
+                    event.remove(engine.sync_engine, "before_cursor_execute", before)
+                    event.remove(engine.sync_engine, "after_cursor_execute", after)
+                assert row is not None and row["body"] is None  # JSON null, as SQLAlchemy binds None
+                with pytest.raises(KeyError, match="'body'"):
+                    await statement.fetchrow(conn, {"id": "c"})
+            # Committed with SQLAlchemy's transaction, which the driver statement joined.
+            assert await conn.scalar(select(notes.c.body["x"]).where(notes.c.id == "a")) == [1, None]
+        sql = statement.arguments(engine.dialect, {"id": "b", "body": None})[0]
+        assert [s[0] for s in seen] == [sql, "after"]
+        assert seen[0][1][0] == "b" and isinstance(seen[0][2], asyncpg.Connection)
+    finally:
+        await engine.dispose()
+
+
+def test_a_driver_statement_refuses_expanding_parameters() -> None:
+    from sqlalchemy import select
+    from sqlalchemy.dialects import postgresql
+
+    from manual_actions.db import DriverStatement
+
+    widgets = Table("widgets_expanding", MetaData(), Column("id", Text, primary_key=True))
+    statement = DriverStatement(select(widgets.c.id).where(widgets.c.id.in_(["a", "b"])))
+    with pytest.raises(ValueError, match="expanding"):
+        statement.arguments(postgresql.asyncpg.dialect(), {})

@@ -110,6 +110,77 @@ async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
     return raw
 
 
+class DriverStatement:
+    """A SQLAlchemy Core statement compiled once per dialect and run on the asyncpg connection
+    directly (``driver_connection``), for the few statements on a hot path where SQLAlchemy's
+    execution (compiled-cache lookup, parameter construction, result wrapping, a greenlet switch
+    each way) costs more CPU than the round trip (docs/decisions/0025).
+
+    Parameters are given by bind name, as with ``AsyncConnection.execute``, and go through the same
+    bind processors (JSONB as JSON text, and so on); bound literals of the statement keep their
+    values. Rows are asyncpg ``Record`` objects: read by column label (``row["name"]``), with the
+    values the driver decodes, which are those SQLAlchemy returns for these column types (its
+    result processors for them are identities on asyncpg). Statements with expanding (``IN``)
+    parameters are refused: they are compiled per call.
+
+    The engine's ``before_cursor_execute`` / ``after_cursor_execute`` listeners still see each
+    execution (statement counts and timings stay whole): the cursor they get is the asyncpg
+    connection, the parameters are the positional arguments, the context is a plain object a
+    listener may set attributes on, and a listener's return value is ignored.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._compiled: dict[int, tuple[str, list[tuple[str, Any, Any]]]] = {}
+
+    def _for(self, dialect: Any) -> tuple[str, list[tuple[str, Any, Any]]]:
+        compiled = self._compiled.get(id(dialect))
+        if compiled is None:
+            statement = self._statement.compile(dialect=dialect)
+            if statement.literal_execute_params or statement.post_compile_params:
+                raise ValueError("a DriverStatement cannot have expanding or literal-execute parameters")
+            processors = statement._bind_processors
+            binds = statement.binds
+            names = statement.positiontup or []
+            compiled = self._compiled[id(dialect)] = (
+                statement.string,
+                [(name, processors.get(name),
+                  _MISSING if binds[name].required else binds[name].effective_value) for name in names])
+        return compiled
+
+    def arguments(self, dialect: Any, parameters: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL text for ``dialect`` and its positional arguments for ``parameters``."""
+        sql, binds = self._for(dialect)
+        arguments = []
+        for name, process, default in binds:
+            value = parameters.get(name, default)
+            if value is _MISSING:
+                raise KeyError(f"no value for the statement's parameter {name!r}")
+            arguments.append(process(value) if process is not None else value)
+        return sql, arguments
+
+    async def fetchrow(self, conn: AsyncConnection, parameters: dict[str, Any]) -> asyncpg.Record | None:
+        """The first row of the statement run with ``parameters`` on ``conn``'s driver connection
+        (inside ``conn``'s transaction, see ``driver_connection``)."""
+        raw = await driver_connection(conn)
+        sql, arguments = self.arguments(conn.dialect, parameters)
+        sync = conn.sync_connection
+        if sync is None or not (sync._has_events or sync.engine._has_events):
+            return await raw.fetchrow(sql, *arguments)
+        context = DriverExecution()
+        sync.dispatch.before_cursor_execute(sync, raw, sql, arguments, context, False)
+        row = await raw.fetchrow(sql, *arguments)
+        sync.dispatch.after_cursor_execute(sync, raw, sql, arguments, context, False)
+        return row
+
+
+class DriverExecution:
+    """The execution context ``DriverStatement`` hands cursor-execute listeners: attributes only."""
+
+
+_MISSING: Any = object()
+
+
 def asyncpg_dsn(url: str | URL) -> str:
     """The ``postgresql://`` DSN asyncpg understands for a SQLAlchemy URL (``postgresql+asyncpg://``)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)

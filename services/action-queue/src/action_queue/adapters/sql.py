@@ -10,10 +10,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
+import asyncpg
 from sqlalchemy import Select, and_, bindparam, func, literal, or_, select, text, true, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from action_queue.adapters import materialise_sql
 from action_queue.adapters.tables import bulk_requests as b
@@ -40,6 +41,7 @@ from action_queue.handlers.ports import (
 )
 from manual_actions import outbox as outbox_plumbing
 from manual_actions.contracts import ActionType, Envelope
+from manual_actions.db import DriverStatement
 
 # Columns a transition may change; everything else is the ActionQueued snapshot.
 _MUTABLE = (
@@ -205,10 +207,11 @@ class _Staged:
             return
         self.clear()
         parameters: dict[str, Any] = {}
+        row: Any
         if save is not None and len(rows) == 1:
-            # Let's Start's case, one prepared statement: the UPDATE and one outbox row.
-            statement = _SAVE_AND_STAGE_ONE[save[2]]
+            # Let's Start's case, one statement on the driver: the UPDATE and one outbox row.
             parameters = {**save[1], **{f"o_{name}": value for name, value in rows[0].items()}}
+            row = await _SAVE_AND_STAGE_ONE[save[2]].fetchrow(conn, parameters)
             rows = []
         else:
             columns: list[Any] = []
@@ -222,7 +225,7 @@ class _Staged:
             statement = select(*columns)
             if first:
                 statement = statement.add_cte(insert(outbox_table).values(first).cte("staged"))
-        row = (await conn.execute(statement, parameters)).mappings().first()
+            row = (await conn.execute(statement, parameters)).mappings().first()
         if save is not None and (row is None or row["saved"] != 1):
             action = save[0]
             raise LookupError(f"manual action {action.id} of tenant {action.tenant} vanished while saving")
@@ -274,8 +277,8 @@ def _next_reservable_statement() -> Any:
 
 
 # Built once: constructing a statement this size (and its cache key) per call costs more CPU than
-# running it.
-_NEXT_RESERVABLE = _next_reservable_statement()
+# running it. Run on the driver directly: Let's Start's hot path (docs/decisions/0025).
+_NEXT_RESERVABLE = DriverStatement(_next_reservable_statement())
 
 
 def _save_statement(*, append_history: bool) -> Any:
@@ -305,7 +308,7 @@ def _save_and_stage_one_statement(*, append_history: bool) -> Any:
 
 
 _OUTBOX_COLUMNS = ("message_id", "tenant", "topic", "key", "value", "headers")
-_SAVE_AND_STAGE_ONE = {appending: _save_and_stage_one_statement(append_history=appending)
+_SAVE_AND_STAGE_ONE = {appending: DriverStatement(_save_and_stage_one_statement(append_history=appending))
                        for appending in (False, True)}
 
 
@@ -371,7 +374,7 @@ class SqlActionRepository:
         # assignee) and the tenant's settings. The last three are kept for the repositories of
         # this unit of work to answer from (``_ReadAhead``).
         parameters = {"tenant": tenant, "assignee": assignee_user_id, "now": now}
-        row = (await self._conn.execute(_NEXT_RESERVABLE, parameters)).mappings().first()
+        row = await _NEXT_RESERVABLE.fetchrow(self._conn, parameters)
         assert row is not None  # the statement always returns its one row
         read_ahead = self._read_ahead
         read_ahead.settings[tenant] = (_settings(row, "s_") if row["s_tenant_id"] is not None
@@ -789,7 +792,14 @@ class SqlUnitOfWork:
     ``read_only``: no transaction at all, each statement on its own (autocommit), for use cases that
     only read: it saves the BEGIN and ROLLBACK round trips (measured: about 0.3 ms of CPU per use).
     ``commit`` and ``publish`` refuse to run in it. Locking reads (``for_update``, SKIP LOCKED) would
-    lock nothing there: use cases that lock need a transaction."""
+    lock nothing there: use cases that lock need a transaction.
+
+    Otherwise the transaction is the driver's: SQLAlchemy's connection is in autocommit mode and the
+    unit of work sends BEGIN, COMMIT and ROLLBACK on the asyncpg connection itself, so statements
+    run through SQLAlchemy and those run on the driver directly (``DriverStatement``, COPY) share it
+    without a round trip to make SQLAlchemy begin first (docs/decisions/0025). Leaving the block
+    without ``commit`` rolls back; a connection whose rollback fails is discarded, never pooled
+    inside a transaction."""
 
     actions: SqlActionRepository
     bulk: SqlBulkRequestStore
@@ -801,17 +811,23 @@ class SqlUnitOfWork:
         self._engine = engine
         self._read_only = read_only
         self._conn: AsyncConnection | None = None
-        self._tx: AsyncTransaction | None = None
+        self._driver: asyncpg.Connection | None = None  # in the transaction while not None
         # Outbox rows ``publish`` staged and Let's Start's held-back UPDATE, written in one statement
         # (with the NOTIFY) at commit at the latest.
         self._staged = _Staged()
 
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
-        if self._read_only:
-            await self._conn.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            self._tx = await self._conn.begin()
+        await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+        if not self._read_only:
+            driver = (await self._conn.get_raw_connection()).driver_connection
+            assert isinstance(driver, asyncpg.Connection)
+            try:
+                await driver.execute("BEGIN")
+            except BaseException:
+                await self._discard()
+                raise
+            self._driver = driver
         read_ahead = _ReadAhead()
         self._staged.clear()
         self.actions = SqlActionRepository(self._conn, read_ahead, self._staged)
@@ -823,14 +839,24 @@ class SqlUnitOfWork:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        try:
-            if self._tx is not None and self._tx.is_active:
-                await self._tx.rollback()
-        finally:
-            self._staged.clear()
-            if self._conn is not None:
-                await self._conn.close()
-            self._conn = self._tx = None
+        self._staged.clear()
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            try:
+                await driver.execute("ROLLBACK")
+            except BaseException:
+                await self._discard()
+                raise
+        if self._conn is not None:
+            await self._conn.close()
+        self._conn = None
+
+    async def _discard(self) -> None:
+        """Close the connection for good (not back to the pool): its transaction state is unknown."""
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            await conn.invalidate()
+            await conn.close()
 
     def _refuse_if_read_only(self, what: str) -> None:
         if self._read_only:
@@ -844,10 +870,15 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         self._refuse_if_read_only("commit")
-        if self._tx is None:
-            raise RuntimeError("the unit of work is used outside its 'async with' block")
+        if self._driver is None:
+            raise RuntimeError("the unit of work is used outside its 'async with' block or committed twice")
         await self._staged.flush(self._connection)
-        await self._tx.commit()
+        driver, self._driver = self._driver, None
+        try:
+            await driver.execute("COMMIT")
+        except BaseException:
+            await self._discard()
+            raise
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         # Staged in memory and written at commit at the latest, all rows and the relay's NOTIFY in one

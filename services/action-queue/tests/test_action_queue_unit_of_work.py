@@ -1,0 +1,74 @@
+"""The SQL unit of work's transaction on the real database: it is the driver's (BEGIN, COMMIT and
+ROLLBACK sent on the asyncpg connection), so what it must guarantee is checked here: nothing of a
+block left without ``commit`` stays, no connection returns to the pool inside a transaction, and a
+connection whose transaction state is unknown is never reused."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aq_factories import action_queued
+from aq_harness import Harness
+from sqlalchemy import text
+
+from action_queue.adapters.sql import SqlUnitOfWork
+from action_queue.domain import ManualAction
+from manual_actions.db import create_engine, driver_connection
+
+
+def _action(tenant: str) -> ManualAction:
+    return ManualAction.from_queued(tenant, action_queued(assignee=uuid.uuid4()), 1)
+
+
+async def _in_transaction_after_checkout(uow: SqlUnitOfWork) -> bool:
+    engine = uow._engine
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return (await driver_connection(conn)).is_in_transaction()
+
+
+async def test_a_block_left_without_commit_keeps_nothing_and_pools_an_idle_connection(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    engine = create_engine(aq.service.uow.engine.url, pool_size=1)
+    try:
+        kept, dropped, failed = _action(tenant), _action(tenant), _action(tenant)
+        async with SqlUnitOfWork(engine) as uow:
+            assert await uow.actions.add_if_absent(kept)
+            await uow.commit()
+        async with SqlUnitOfWork(engine) as uow:
+            assert await uow.actions.add_if_absent(dropped)
+        with pytest.raises(RuntimeError, match="use case failed"):
+            async with SqlUnitOfWork(engine) as uow:
+                assert await uow.actions.add_if_absent(failed)
+                raise RuntimeError("use case failed")
+        assert not await _in_transaction_after_checkout(uow)
+        async with SqlUnitOfWork(engine) as uow:
+            assert await uow.actions.get(tenant, kept.id) == kept
+            assert await uow.actions.get(tenant, dropped.id) is None
+            assert await uow.actions.get(tenant, failed.id) is None
+            with pytest.raises(RuntimeError, match="committed twice"):
+                await uow.commit()
+                await uow.commit()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_lost_inside_the_transaction_is_discarded_not_pooled(aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    engine = create_engine(aq.service.uow.engine.url, pool_size=1)
+    try:
+        with pytest.raises(Exception) as failure:
+            async with SqlUnitOfWork(engine) as uow:
+                assert await uow.actions.add_if_absent(_action(tenant))
+                pid = await uow._connection.scalar(text("SELECT pg_backend_pid()"))
+                async with aq.service.uow.engine.connect() as other:
+                    assert await other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                await uow.commit()  # COMMIT on a dead connection
+        assert "connection" in str(failure.value).lower()
+        # The next unit of work gets a working connection, and the lost transaction left nothing.
+        async with SqlUnitOfWork(engine) as uow:
+            assert await uow._connection.scalar(text("SELECT pg_backend_pid()")) != pid
+            await uow.commit()
+    finally:
+        await engine.dispose()
