@@ -5,13 +5,14 @@ real database whatever happened to the batch before it on the same connection.""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
 from aq_factories import T0, action_queued
 from aq_harness import Harness
+from pydantic import TypeAdapter
 
 from action_queue.adapters.materialise_sql import QUEUED_COLUMNS, insert_queued, queued_record
 from action_queue.adapters.sql import _row
@@ -25,10 +26,20 @@ TENANT = "acme"
 DEFAULTS: dict[str, Any] = {"command_sequence": 0}
 
 
+# Queued times as they reach the fast path: built in Python, or parsed by pydantic from the wire
+# (its own tzinfo class), with and without microseconds, at UTC and at other offsets. The history's
+# "at" is written by orjson there and by ``isoformat()`` in the domain's row.
+QUEUED_AT = [T0, T0.replace(microsecond=17002), T0.astimezone(timezone(timedelta(hours=5, minutes=30))),
+             *(TypeAdapter(datetime).validate_json(f'"{text}"') for text in (
+                 "2025-03-04T15:05:47.017002Z", "2025-03-04T15:05:47Z", "2025-03-04T15:05:47.1-07:00",
+                 "0999-12-31T23:59:59.999999+00:01"))]
+
+
 @pytest.mark.parametrize("kind", [ActionType.SMS, ActionType.CALL])
 @pytest.mark.parametrize("timed", [False, True])
-def test_the_fast_row_is_the_domain_row(kind: ActionType, timed: bool) -> None:
-    event = action_queued(assignee=uuid.uuid4(), action_type=kind, priority=7)
+@pytest.mark.parametrize("queued_at", QUEUED_AT, ids=[q.isoformat() for q in QUEUED_AT])
+def test_the_fast_row_is_the_domain_row(kind: ActionType, timed: bool, queued_at: datetime) -> None:
+    event = action_queued(assignee=uuid.uuid4(), action_type=kind, priority=7, queued_at=queued_at)
     if timed:
         event = event.model_copy(update={"due_at": T0 + timedelta(hours=2),
                                          "expires_at": T0 + timedelta(days=1)})

@@ -51,7 +51,10 @@ _MOVE = (
 def queued_record(action: NewAction) -> tuple[Any, ...]:
     """The values of ``QUEUED_COLUMNS`` for a newly queued action, in that order."""
     event, queued_at = action.event, action.event.queued_at
-    history = orjson.dumps([{"at": queued_at.isoformat(), "from": None, "to": "queued", "by": None,
+    # orjson writes the datetime itself, exactly as ``isoformat()`` would (the unit test compares
+    # them for several offsets and precisions) for a fraction of its cost: ``isoformat()`` was
+    # about 2.7 µs of the row's 7 here.
+    history = orjson.dumps([{"at": queued_at, "from": None, "to": "queued", "by": None,
                              "reason": f"queued by workflow step {event.step_id}"}]).decode()
     contact = event.contact
     return (event.action_id, action.tenant, event.action_type.value, event.action_name, event.workflow_id,

@@ -72,10 +72,14 @@ async def materialise_queued(uow: UnitOfWork, envelopes: Sequence[Envelope[Actio
         first.setdefault(envelope.data.action_id, envelope)
     inserted = await uow.actions.add_queued_if_absent(
         [NewAction(e.tenant, e.data, e.sequence) for e in first.values()])
-    duplicates = [e for e in envelopes
-                  if e.data.action_id not in inserted or first[e.data.action_id] is not e]
     if inserted:
         metrics.EVENTS_APPLIED.labels(type=ActionQueued.message_type).inc(len(inserted))
+    if len(inserted) == len(first) == len(envelopes):
+        # The common case, every envelope a new action: no duplicate to look for (and no UUID
+        # hashed twice more per envelope to find none).
+        return
+    duplicates = [e for e in envelopes
+                  if e.data.action_id not in inserted or first[e.data.action_id] is not e]
     if not duplicates:
         return
     owners = await uow.actions.tenants_of([e.data.action_id for e in duplicates])
