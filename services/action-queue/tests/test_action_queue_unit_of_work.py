@@ -58,14 +58,15 @@ async def test_a_connection_lost_inside_the_transaction_is_discarded_not_pooled(
     tenant = await aq.new_tenant()
     engine = create_engine(aq.service.uow.engine.url, pool_size=1)
     try:
-        with pytest.raises(Exception) as failure:
+        # Whatever the driver raises for the lost connection (it depends on when the server's
+        # goodbye arrives): the point is what happens to the connection afterwards.
+        with pytest.raises(Exception):  # noqa: B017
             async with SqlUnitOfWork(engine) as uow:
                 assert await uow.actions.add_if_absent(_action(tenant))
                 pid = await uow._connection.scalar(text("SELECT pg_backend_pid()"))
                 async with aq.service.uow.engine.connect() as other:
                     assert await other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
                 await uow.commit()  # COMMIT on a dead connection
-        assert "connection" in str(failure.value).lower()
         # The next unit of work gets a working connection, and the lost transaction left nothing.
         async with SqlUnitOfWork(engine) as uow:
             assert await uow._connection.scalar(text("SELECT pg_backend_pid()")) != pid

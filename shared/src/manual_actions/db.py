@@ -159,10 +159,12 @@ class DriverStatement:
             arguments.append(process(value) if process is not None else value)
         return sql, arguments
 
-    async def fetchrow(self, conn: AsyncConnection, parameters: dict[str, Any]) -> asyncpg.Record | None:
+    async def fetchrow(self, conn: AsyncConnection, parameters: dict[str, Any], *,
+                       driver: asyncpg.Connection | None = None) -> asyncpg.Record | None:
         """The first row of the statement run with ``parameters`` on ``conn``'s driver connection
-        (inside ``conn``'s transaction, see ``driver_connection``)."""
-        raw = await driver_connection(conn)
+        (inside ``conn``'s transaction, see ``driver_connection``); ``driver`` is that connection
+        when the caller holds it already (it must be ``conn``'s)."""
+        raw = driver if driver is not None else await driver_connection(conn)
         sql, arguments = self.arguments(conn.dialect, parameters)
         sync = conn.sync_connection
         if sync is None or not (sync._has_events or sync.engine._has_events):

@@ -191,6 +191,9 @@ class _Staged:
     def __init__(self) -> None:
         self.save: tuple[ManualAction, dict[str, Any], bool] | None = None  # action, parameters, appending
         self.outbox: list[dict[str, Any]] = []
+        # The unit of work's asyncpg connection while its transaction is open (for DriverStatement,
+        # without asking SQLAlchemy for it again).
+        self.driver: asyncpg.Connection | None = None
 
     def clear(self) -> None:
         self.save, self.outbox = None, []
@@ -211,7 +214,7 @@ class _Staged:
         if save is not None and len(rows) == 1:
             # Let's Start's case, one statement on the driver: the UPDATE and one outbox row.
             parameters = {**save[1], **{f"o_{name}": value for name, value in rows[0].items()}}
-            row = await _SAVE_AND_STAGE_ONE[save[2]].fetchrow(conn, parameters)
+            row = await _SAVE_AND_STAGE_ONE[save[2]].fetchrow(conn, parameters, driver=self.driver)
             rows = []
         else:
             columns: list[Any] = []
@@ -374,7 +377,7 @@ class SqlActionRepository:
         # assignee) and the tenant's settings. The last three are kept for the repositories of
         # this unit of work to answer from (``_ReadAhead``).
         parameters = {"tenant": tenant, "assignee": assignee_user_id, "now": now}
-        row = await _NEXT_RESERVABLE.fetchrow(self._conn, parameters)
+        row = await _NEXT_RESERVABLE.fetchrow(self._conn, parameters, driver=self._staged.driver)
         assert row is not None  # the statement always returns its one row
         read_ahead = self._read_ahead
         read_ahead.settings[tenant] = (_settings(row, "s_") if row["s_tenant_id"] is not None
@@ -827,7 +830,7 @@ class SqlUnitOfWork:
             except BaseException:
                 await self._discard()
                 raise
-            self._driver = driver
+            self._driver = self._staged.driver = driver
         read_ahead = _ReadAhead()
         self._staged.clear()
         self.actions = SqlActionRepository(self._conn, read_ahead, self._staged)
@@ -840,6 +843,7 @@ class SqlUnitOfWork:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._staged.clear()
+        self._staged.driver = None
         driver, self._driver = self._driver, None
         if driver is not None:
             try:
@@ -853,7 +857,7 @@ class SqlUnitOfWork:
 
     async def _discard(self) -> None:
         """Close the connection for good (not back to the pool): its transaction state is unknown."""
-        conn, self._conn, self._driver = self._conn, None, None
+        conn, self._conn, self._driver, self._staged.driver = self._conn, None, None, None
         if conn is not None:
             await conn.invalidate()
             await conn.close()
@@ -873,7 +877,7 @@ class SqlUnitOfWork:
         if self._driver is None:
             raise RuntimeError("the unit of work is used outside its 'async with' block or committed twice")
         await self._staged.flush(self._connection)
-        driver, self._driver = self._driver, None
+        driver, self._driver, self._staged.driver = self._driver, None, None
         try:
             await driver.execute("COMMIT")
         except BaseException:
