@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from manual_actions.contracts import InvalidMessage, decode, fast, registry
 from manual_actions.contracts.codec import PAYLOADS
+from manual_actions.contracts.upcasting import UPCASTERS
 from manual_actions.kafka import decode_record
 
 LATEST = {t: max(v for tt, v in PAYLOADS if tt == t) for t, _ in PAYLOADS}
@@ -212,6 +213,8 @@ def test_the_fast_validator_and_the_codec_agree(message_type: str, version: int,
 
 def test_every_latest_version_has_a_fast_validator() -> None:
     assert set(fast.FAST_VALIDATORS) == {(t.encode(), str(v).encode()) for t, v in LATEST.items()}
+    # What lets the fast path skip the codec's upcaster chain: nothing upcasts a latest version.
+    assert not [key for key in UPCASTERS if key in set(LATEST.items())]
 
 
 def test_headers_that_do_not_name_a_latest_version_exactly_are_declined() -> None:
