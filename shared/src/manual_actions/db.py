@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import MetaData, event, text
@@ -69,11 +70,19 @@ def create_engine(url: str, *, pool_size: int = 10,
     this machine's CPU) on every unit of work of the hot endpoints. A connection that dies while
     busy fails its request; SQLAlchemy then sees the disconnect and discards every pooled
     connection made before it, so the following requests get fresh ones
-    (docs/decisions/0022).
+    (docs/decisions/0022). JSON and JSONB values are encoded and decoded by orjson (``_json_text``).
     """
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                                 json_serializer=_json_text, json_deserializer=orjson.loads)
     _ping_when_idle(engine.sync_engine.pool, ping_idle_after)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    """JSON/JSONB parameters as text, by orjson (several times faster than ``json.dumps`` on the
+    outbox envelopes and histories every transition writes). Non-string keys are written as
+    strings, as ``json.dumps`` writes them."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _ping_when_idle(pool: Pool, idle_after: float) -> None:
