@@ -5,6 +5,7 @@ connection whose transaction state is unknown is never reused."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -71,5 +72,29 @@ async def test_a_connection_lost_inside_the_transaction_is_discarded_not_pooled(
         async with SqlUnitOfWork(engine) as uow:
             assert await uow._connection.scalar(text("SELECT pg_backend_pid()")) != pid
             await uow.commit()
+    finally:
+        await engine.dispose()
+
+
+async def test_a_cancelled_unit_of_work_reports_the_cancellation_not_its_failed_rollback(aq: Harness) -> None:
+    # A background loop stops by cancellation: if the failed ROLLBACK after a cancelled statement
+    # replaced the CancelledError, the loop would log an error and go on, and never stop.
+    engine = create_engine(aq.service.uow.engine.url, pool_size=1)
+    try:
+        started = asyncio.Event()
+
+        async def slow() -> None:
+            async with SqlUnitOfWork(engine) as uow:
+                started.set()
+                await uow._connection.execute(text("SELECT pg_sleep(5)"))
+
+        task = asyncio.create_task(slow())
+        await started.wait()
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with SqlUnitOfWork(engine) as uow:  # and the pool still hands out a working connection
+            assert await uow._connection.scalar(text("SELECT 1")) == 1
     finally:
         await engine.dispose()

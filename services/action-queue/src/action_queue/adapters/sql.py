@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -848,9 +849,14 @@ class SqlUnitOfWork:
         if driver is not None:
             try:
                 await driver.execute("ROLLBACK")
-            except BaseException:
+            except BaseException as failure:
                 await self._discard()
-                raise
+                if exc is None or isinstance(failure, asyncio.CancelledError):
+                    raise
+                # The block's own exception is the one to report (a cancellation above all, which
+                # a loop must see to stop): the ROLLBACK failed because of it (e.g. the cancelled
+                # statement closed the connection), and the connection is given up either way.
+                return
         if self._conn is not None:
             await self._conn.close()
         self._conn = None
