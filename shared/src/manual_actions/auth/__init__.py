@@ -52,6 +52,8 @@ __all__ = [
     "UnknownTenantError",
     "UnknownTokenError",
     "api_tokens",
+    "authorize",
+    "bearer_scheme",
     "current_principal",
     "metadata",
     "parse_token",
@@ -104,6 +106,30 @@ async def _principal_from_request(
     return principal
 
 
+#: The bearer-token scheme, for a dependency of a service's own that authorizes with ``authorize``
+#: (the scheme is what documents the token in the OpenAPI schema).
+bearer_scheme = _bearer
+
+
+async def authorize(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, allowed: tuple[Role, ...]
+) -> Principal:
+    """What ``require_roles(*allowed)`` does, callable from a service's own dependency that takes
+    ``credentials`` from ``Depends(bearer_scheme)`` (one dependency instead of a chain of them: each
+    one FastAPI resolves costs a hot route measurable CPU). 401/403 problem+json as there."""
+    principal = await _principal_from_request(request, credentials)
+    if principal.role not in allowed:
+        names = " or ".join(role.value for role in allowed)
+        raise problem(
+            403,
+            "Forbidden",
+            f"This operation requires role {names}; the token has role {principal.role.value}.",
+            required_roles=[role.value for role in allowed],
+            role=principal.role.value,
+        )
+    return principal
+
+
 def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """FastAPI dependency: 401 problem+json without a valid bearer token, 403 when its role is not
     in ``roles``. Reads the IdentityStore from ``request.app.state.identity``.
@@ -118,17 +144,7 @@ def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
     ) -> Principal:
-        principal = await _principal_from_request(request, credentials)
-        if principal.role not in allowed:
-            names = " or ".join(role.value for role in allowed)
-            raise problem(
-                403,
-                "Forbidden",
-                f"This operation requires role {names}; the token has role {principal.role.value}.",
-                required_roles=[role.value for role in allowed],
-                role=principal.role.value,
-            )
-        return principal
+        return await authorize(request, credentials, allowed)
 
     dependency.__name__ = f"require_roles_{'_'.join(role.value for role in allowed)}"
     return dependency
