@@ -34,14 +34,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, for_code
-from pydantic import ValidationError
 
 from manual_actions import faults
 from manual_actions import kafka_metrics as metrics
 from manual_actions.contracts import Envelope, InvalidMessage, decode, registry
 from manual_actions.contracts import topics as topic_names
 from manual_actions.contracts.dead_letters import dead_letter_headers
-from manual_actions.contracts.fast import FAST_VALIDATORS
+from manual_actions.contracts.fast import fast_decode
 from manual_actions.faults import crash_point
 from manual_actions.settings import ServiceSettings
 from manual_actions.waiting import wait_event
@@ -283,12 +282,9 @@ def decode_record(value: bytes | None, headers: Sequence[tuple[str, bytes]] | No
                 message_type = header
             elif name == "version":
                 message_version = header
-        validate = FAST_VALIDATORS.get((message_type, message_version))
-        if validate is not None:
-            try:
-                return validate(value)
-            except ValidationError:
-                pass
+        envelope = fast_decode(value, message_type, message_version)
+        if envelope is not None:
+            return envelope
     return decode(value)
 
 
