@@ -815,9 +815,9 @@ class SqlUnitOfWork:
         self._engine = engine
         self._read_only = read_only
         self._conn: AsyncConnection | None = None
-        self._driver: asyncpg.Connection | None = None  # in the transaction while not None
         # Outbox rows ``publish`` staged and Let's Start's held-back UPDATE, written in one statement
-        # (with the NOTIFY) at commit at the latest.
+        # (with the NOTIFY) at commit at the latest; its ``driver`` is the asyncpg connection while
+        # the transaction is open.
         self._staged = _Staged()
 
     async def __aenter__(self) -> Self:
@@ -831,7 +831,7 @@ class SqlUnitOfWork:
             except BaseException:
                 await self._discard()
                 raise
-            self._driver = self._staged.driver = driver
+            self._staged.driver = driver
         read_ahead = _ReadAhead()
         self._staged.clear()
         self.actions = SqlActionRepository(self._conn, read_ahead, self._staged)
@@ -844,8 +844,7 @@ class SqlUnitOfWork:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._staged.clear()
-        self._staged.driver = None
-        driver, self._driver = self._driver, None
+        driver, self._staged.driver = self._staged.driver, None
         if driver is not None:
             try:
                 await driver.execute("ROLLBACK")
@@ -863,7 +862,7 @@ class SqlUnitOfWork:
 
     async def _discard(self) -> None:
         """Close the connection for good (not back to the pool): its transaction state is unknown."""
-        conn, self._conn, self._driver, self._staged.driver = self._conn, None, None, None
+        conn, self._conn, self._staged.driver = self._conn, None, None
         if conn is not None:
             await conn.invalidate()
             await conn.close()
@@ -880,10 +879,10 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         self._refuse_if_read_only("commit")
-        if self._driver is None:
+        if self._staged.driver is None:
             raise RuntimeError("the unit of work is used outside its 'async with' block or committed twice")
         await self._staged.flush(self._connection)
-        driver, self._driver, self._staged.driver = self._driver, None, None
+        driver, self._staged.driver = self._staged.driver, None
         try:
             await driver.execute("COMMIT")
         except BaseException:
