@@ -160,7 +160,7 @@ class ServerTiming:
     def kind_of(statement: str) -> str | None:
         if "manual_actions" not in statement or "LIMIT" not in statement:
             return None
-        if "SKIP LOCKED" in statement:
+        if "LATERAL" in statement:  # Let's Start's read: the candidate joined to its contact, user, settings
             return "next"
         return None if "FOR UPDATE" in statement else "list"
 

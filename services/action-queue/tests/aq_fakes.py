@@ -15,6 +15,7 @@ from action_queue.domain.checks import ContactState
 from action_queue.domain.people import QueueSettings, UserState
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
+    ActionChanged,
     ActionFilter,
     ActionSummary,
     BulkRequest,
@@ -36,6 +37,8 @@ def _after(sort: Sort, action: ManualAction, cursor: Cursor) -> bool:
 class FakeRepository:
     def __init__(self, store: dict[uuid.UUID, ManualAction]) -> None:
         self._store = store
+        # Actions next_reservable returned -> their version then: commit checks them (ActionChanged).
+        self.read_versions: dict[uuid.UUID, int] = {}
 
     async def add_if_absent(self, action: ManualAction) -> bool:
         if action.id in self._store:
@@ -68,7 +71,10 @@ class FakeRepository:
         candidates = [a for a in self._store.values() if a.tenant == tenant
                       and a.assignee_user_id == assignee_user_id and a.is_reservable(now)]
         candidates.sort(key=lambda a: a.queue_key())
-        return copy.deepcopy(candidates[0]) if candidates else None
+        if not candidates:
+            return None
+        self.read_versions[candidates[0].id] = candidates[0].version
+        return copy.deepcopy(candidates[0])
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
         found = [a for a in self._store.values() if tenant in (None, a.tenant)
@@ -241,6 +247,10 @@ class FakeUnitOfWork:
         return None
 
     async def commit(self) -> None:
+        for action_id, read in self._repo.read_versions.items():
+            # Written by this unit of work, but changed in the store meanwhile (see ``SqlUnitOfWork``).
+            if self._work[action_id].version != read and self.store[action_id].version != read:
+                raise ActionChanged(action_id)
         self.store = self._work
         self.bulk_requests = self._bulk_work
         self.contact_states = self._contacts_work

@@ -260,6 +260,50 @@ async def test_a_lapsed_reservation_is_handed_out_again() -> None:
     assert again is not None and again.id == action_id
 
 
+class _RacedUnitOfWork(FakeUnitOfWork):
+    """Another device of the same agent reserves the candidate this one read, just before this one
+    commits, ``races`` times (set once the actions are queued)."""
+
+    races = 0
+
+    async def commit(self) -> None:
+        if self.races:
+            self.races -= 1
+            for action_id in self._repo.read_versions:
+                self.store[action_id].reserve(AGENT, NOW, timedelta(minutes=5))
+        await super().commit()
+
+
+def _reserved_events(uow: FakeUnitOfWork) -> list[str]:
+    return [e.subject for _, e in uow.outbox if e.type == "ActionReserved"]
+
+
+async def test_an_action_another_device_took_meanwhile_is_passed_over_for_the_next() -> None:
+    uow = _RacedUnitOfWork()
+    first = await queue_action(uow, priority=5)
+    second = await queue_action(uow, priority=1)
+    uow.outbox.clear()
+    uow.races = 1
+    got = await queue.reserve_next(uow, agent, now=NOW)
+    assert got is not None and got.id == second
+    # This call published only its own reservation: nothing about the action it lost.
+    assert _reserved_events(uow) == [str(second)]
+    assert uow.statuses() == {first: ActionStatus.RESERVED, second: ActionStatus.RESERVED}
+
+
+async def test_a_start_gives_up_after_passing_over_its_limit_and_the_next_call_goes_on() -> None:
+    uow = _RacedUnitOfWork()
+    ids = [await queue_action(uow, priority=100 - i) for i in range(queue.MAX_PASSED_OVER_PER_START + 2)]
+    uow.outbox.clear()
+    uow.races = queue.MAX_PASSED_OVER_PER_START
+    assert await queue.reserve_next(uow, agent, now=NOW) is None
+    assert _reserved_events(uow) == []
+    taken = queue.MAX_PASSED_OVER_PER_START
+    assert [uow.store[i].status for i in ids] == [ActionStatus.RESERVED] * taken + [ActionStatus.QUEUED] * 2
+    again = await queue.reserve_next(uow, agent, now=NOW)
+    assert again is not None and again.id == ids[taken]
+
+
 async def test_tokens_without_a_user_have_no_queue() -> None:
     with pytest.raises(NotAllowed):
         await queue.reserve_next(FakeUnitOfWork(), Actor(TENANT, None, supervisor=True),

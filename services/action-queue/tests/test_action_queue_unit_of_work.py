@@ -1,20 +1,26 @@
 """The SQL unit of work's transaction on the real database: it is the driver's (BEGIN, COMMIT and
 ROLLBACK sent on the asyncpg connection), so what it must guarantee is checked here: nothing of a
 block left without ``commit`` stays, no connection returns to the pool inside a transaction, and a
-connection whose transaction state is unknown is never reused."""
+connection whose transaction state is unknown is never reused. And the optimistic unit of work
+(Let's Start's, no transaction): its commit writes an action's change with its event only while
+the action is as it was read, and refuses what it could not write atomically."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aq_factories import action_queued
 from aq_harness import Harness
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from action_queue.adapters.sql import SqlUnitOfWork
+from action_queue.adapters.tables import manual_actions, outbox
 from action_queue.domain import ManualAction
+from action_queue.handlers.ports import ActionChanged
+from action_queue.handlers.publishing import publish
 from manual_actions.db import create_engine, driver_connection
 
 
@@ -98,3 +104,74 @@ async def test_a_cancelled_unit_of_work_reports_the_cancellation_not_its_failed_
             assert await uow._connection.scalar(text("SELECT 1")) == 1
     finally:
         await engine.dispose()
+
+
+async def _queued(aq: Harness, tenant: str) -> ManualAction:
+    action = _action(tenant)
+    async with SqlUnitOfWork(aq.service.uow.engine) as uow:
+        assert await uow.actions.add_if_absent(action)
+        await uow.commit()
+    return action
+
+
+async def _status_and_events(aq: Harness, action_id: uuid.UUID, message_id: uuid.UUID) -> tuple[str, int]:
+    async with aq.service.uow.engine.connect() as conn:
+        status = await conn.scalar(select(manual_actions.c.status).where(manual_actions.c.id == action_id))
+        events = await conn.scalar(select(func.count()).select_from(outbox)
+                                   .where(outbox.c.message_id == message_id))
+    return status, events
+
+
+@pytest.mark.parametrize("changed_meanwhile", [False, True], ids=["as read", "changed meanwhile"])
+async def test_an_optimistic_commit_writes_the_change_and_its_event_only_while_the_action_is_as_read(
+        aq: Harness, changed_meanwhile: bool) -> None:
+    tenant = await aq.new_tenant()
+    action = await _queued(aq, tenant)
+    assert action.assignee_user_id is not None
+    now = datetime.now(UTC)
+    async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
+        read = await uow.actions.next_reservable(tenant, action.assignee_user_id, now)
+        assert read is not None and read.id == action.id
+        pid = await uow._connection.scalar(text("SELECT pg_backend_pid()"))
+        async with aq.service.uow.engine.connect() as other:
+            # Nothing is locked, and no transaction is open, while the caller decides.
+            locks = await other.scalar(text("SELECT count(*) FROM pg_locks WHERE pid = :pid "
+                                            "AND locktype IN ('tuple', 'transactionid')"), {"pid": pid})
+            state = await other.scalar(text("SELECT state FROM pg_stat_activity WHERE pid = :pid"),
+                                       {"pid": pid})
+            assert (locks, state) == (0, "idle")
+            if changed_meanwhile:  # e.g. a manager reassigned it: any change advances the version
+                await other.execute(manual_actions.update().where(manual_actions.c.id == action.id)
+                                    .values(version=manual_actions.c.version + 1))
+                await other.commit()
+        event = read.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        await uow.actions.save(read)
+        envelope = await publish(uow, read, event)
+        if changed_meanwhile:
+            with pytest.raises(ActionChanged):
+                await uow.commit()
+        else:
+            await uow.commit()
+    expected = ("queued", 0) if changed_meanwhile else ("reserved", 1)
+    assert await _status_and_events(aq, action.id, envelope.id) == expected
+
+
+async def test_an_optimistic_unit_of_work_writes_nothing_without_commit_and_refuses_unchecked_writes(
+        aq: Harness) -> None:
+    tenant = await aq.new_tenant()
+    action = await _queued(aq, tenant)
+    assert action.assignee_user_id is not None
+    now = datetime.now(UTC)
+    async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
+        read = await uow.actions.next_reservable(tenant, action.assignee_user_id, now)
+        assert read is not None
+        event = read.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        await uow.actions.save(read)
+        envelope = await publish(uow, read, event)
+    assert await _status_and_events(aq, action.id, envelope.id) == ("queued", 0)
+    async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
+        loaded = await uow.actions.get(tenant, action.id)
+        assert loaded is not None
+        loaded.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        with pytest.raises(RuntimeError, match="optimistic unit of work cannot save"):
+            await uow.actions.save(loaded)  # not read by next_reservable: no version to check it against

@@ -21,7 +21,9 @@ EVENTS_IGNORED = Counter(
     ["type", "reason"],
 )
 
-# POST /v1/queue/next outcomes: "reserved" (an action was handed out) or "empty" (204).
+# POST /v1/queue/next outcomes: "reserved" (an action was handed out), "empty" (204), "held" (the
+# caller is out of office and the tenant holds their actions); "changed" counts candidates passed
+# over because someone else changed them while they were being reserved (several per request).
 RESERVATIONS = Counter(
     "action_queue_reservations_total",
     "Let's Start requests by result.",

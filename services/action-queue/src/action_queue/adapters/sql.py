@@ -31,6 +31,7 @@ from action_queue.domain.people import AWAY, OUT_OF_OFFICE, Outcome, OutOfOffice
 from action_queue.handlers.ports import (
     DEFAULT_SORT,
     SUMMARY_FIELDS,
+    ActionChanged,
     ActionFilter,
     ActionSummary,
     BulkOperation,
@@ -189,12 +190,20 @@ class _Staged:
     an UPDATE is held back, so no read in the transaction misses a held-back write and an UPDATE
     that finds no row still fails the use case (``LookupError``) before anything commits."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, optimistic: bool = False) -> None:
         self.save: tuple[ManualAction, dict[str, Any], bool] | None = None  # action, parameters, appending
         self.outbox: list[dict[str, Any]] = []
-        # The unit of work's asyncpg connection while its transaction is open (for DriverStatement,
-        # without asking SQLAlchemy for it again).
+        # The unit of work's asyncpg connection while its transaction (or optimistic block) is open,
+        # for DriverStatement without asking SQLAlchemy for it again.
         self.driver: asyncpg.Connection | None = None
+        # No transaction: each flush must be one statement, and only the held-back UPDATE may write
+        # an action (see SqlUnitOfWork).
+        self.optimistic = optimistic
+
+    def refuse_if_optimistic(self, what: str) -> None:
+        if self.optimistic:
+            raise RuntimeError(f"an optimistic unit of work cannot {what}: it has no transaction to "
+                               "make it atomic with the rest")
 
     def clear(self) -> None:
         self.save, self.outbox = None, []
@@ -218,9 +227,10 @@ class _Staged:
             row = await _SAVE_AND_STAGE_ONE[save[2]].fetchrow(conn, parameters, driver=self.driver)
             rows = []
         else:
+            self.refuse_if_optimistic("write anything but one action's change with its one event")
             columns: list[Any] = []
             if save is not None:
-                saved = (_SAVE_APPENDING if save[2] else _SAVE).returning(t.c.id).cte("saved")
+                saved = _HELD_SAVE[save[2]].returning(t.c.id).cte("saved")
                 columns.append(select(func.count()).select_from(saved).scalar_subquery().label("saved"))
                 parameters = save[1]
             first, rows = rows[:_OUTBOX_ROWS_PER_STATEMENT], rows[_OUTBOX_ROWS_PER_STATEMENT:]
@@ -231,8 +241,7 @@ class _Staged:
                 statement = statement.add_cte(insert(outbox_table).values(first).cte("staged"))
             row = (await conn.execute(statement, parameters)).mappings().first()
         if save is not None and (row is None or row["saved"] != 1):
-            action = save[0]
-            raise LookupError(f"manual action {action.id} of tenant {action.tenant} vanished while saving")
+            raise ActionChanged(save[0].id)  # its outbox row was not written either (or is rolled back)
         # A batch's many messages: further statements, in order (PostgreSQL takes at most 32,767
         # parameters in one statement).
         for start in range(0, len(rows), _OUTBOX_ROWS_PER_STATEMENT):
@@ -244,17 +253,20 @@ class _Staged:
 _OUTBOX_ROWS_PER_STATEMENT = 1000  # six parameters each
 
 
-def _next_reservable_statement() -> Any:
+def _next_reservable_statement(*, locking: bool) -> Any:
     """The assignee's first reservable action by (priority desc, effective due time, queued_at, id),
-    locked with SKIP LOCKED (a row another caller is reserving right now is not waited for but
-    passed over, so concurrent callers each get a different action), with its contact (``c_``
-    columns), the assignee's user row (``u_``) and the tenant's settings (``s_``). Always one row:
-    its action columns are null when nothing is reservable, the others when their row is missing.
-    Parameters: ``tenant``, ``assignee``, ``now``."""
+    with its contact (``c_`` columns), the assignee's user row (``u_``) and the tenant's settings
+    (``s_``). Always one row: its action columns are null when nothing is reservable, the others
+    when their row is missing. Parameters: ``tenant``, ``assignee``, ``now``.
+
+    ``locking`` (inside a transaction): the action is locked, SKIP LOCKED, so a row another caller
+    is reserving right now is passed over. Outside one a lock would end with the statement and
+    still cost a transaction id and a commit record: the version check of the UPDATE that follows
+    is what keeps two callers apart (docs/decisions/0026)."""
     tenant = bindparam("tenant", type_=t.c.tenant_id.type)
     assignee = bindparam("assignee", type_=t.c.assignee_user_id.type)
     now = bindparam("now", type_=t.c.queued_at.type)
-    candidate = (
+    first = (
         select(t)
         .where(
             t.c.tenant_id == tenant,
@@ -266,9 +278,10 @@ def _next_reservable_statement() -> Any:
         )
         .order_by(t.c.priority.desc(), t.c.effective_due_at, t.c.queued_at, t.c.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
-        .lateral("m")
     )
+    if locking:
+        first = first.with_for_update(skip_locked=True)
+    candidate = first.lateral("m")
     one = select(literal(1).label("one")).subquery("one")
     joined = (one.outerjoin(candidate, true())
               .outerjoin(c, and_(c.c.tenant_id == candidate.c.tenant_id,
@@ -282,31 +295,38 @@ def _next_reservable_statement() -> Any:
 
 # Built once: constructing a statement this size (and its cache key) per call costs more CPU than
 # running it. Run on the driver directly: Let's Start's hot path (docs/decisions/0025).
-_NEXT_RESERVABLE = DriverStatement(_next_reservable_statement())
+_NEXT_RESERVABLE = {locking: DriverStatement(_next_reservable_statement(locking=locking))
+                    for locking in (False, True)}
 
 
-def _save_statement(*, append_history: bool) -> Any:
+def _save_statement(*, append_history: bool, checked: bool = False) -> Any:
     """UPDATE of every mutable column of one action (parameters ``key_id``, ``key_tenant`` and
     ``v_<column>``); with ``append_history`` the parameter ``v_history`` holds only the entries to
-    append."""
+    append; ``checked`` updates only while the stored version is ``key_version`` (the one read)."""
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=t.c[name].type) for name in _MUTABLE}
     if append_history:
         values["history"] = t.c.history.op("||")(bindparam("v_history", type_=JSONB))
-    return (t.update().where(t.c.id == bindparam("key_id", type_=t.c.id.type),
-                             t.c.tenant_id == bindparam("key_tenant", type_=t.c.tenant_id.type))
-            .values(**values, updated_at=func.now()))
+    statement = t.update().where(t.c.id == bindparam("key_id", type_=t.c.id.type),
+                                 t.c.tenant_id == bindparam("key_tenant", type_=t.c.tenant_id.type))
+    if checked:
+        statement = statement.where(t.c.version == bindparam("key_version", type_=t.c.version.type))
+    return statement.values(**values, updated_at=func.now())
 
 
 _SAVE = _save_statement(append_history=False)
-_SAVE_APPENDING = _save_statement(append_history=True)
+# The held-back UPDATE of an action next_reservable read (appending its history or not).
+_HELD_SAVE = {appending: _save_statement(append_history=appending, checked=True)
+              for appending in (False, True)}
 
 
 def _save_and_stage_one_statement(*, append_history: bool) -> Any:
-    """``_save_statement``'s UPDATE, one outbox row (parameters ``o_<column>``) and the relay's
-    NOTIFY in one statement; its column ``saved`` counts the rows updated."""
-    saved = _save_statement(append_history=append_history).returning(t.c.id).cte("saved")
-    row = {name: bindparam(f"o_{name}", type_=outbox_table.c[name].type) for name in _OUTBOX_COLUMNS}
-    staged = insert(outbox_table).values(row).cte("staged")
+    """The held-back UPDATE, one outbox row (parameters ``o_<column>``), written only if the UPDATE
+    found its row, and the relay's NOTIFY in one statement (atomic without a transaction); its
+    column ``saved`` counts the rows updated."""
+    saved = _HELD_SAVE[append_history].returning(t.c.id).cte("saved")
+    row = [bindparam(f"o_{name}", type_=outbox_table.c[name].type) for name in _OUTBOX_COLUMNS]
+    staged = (insert(outbox_table).from_select(list(_OUTBOX_COLUMNS), select(*row).select_from(saved))
+              .cte("staged"))
     return select(select(func.count()).select_from(saved).scalar_subquery().label("saved"),
                   func.pg_notify(outbox_plumbing.OUTBOX_CHANNEL, "").label("notified")).add_cte(staged)
 
@@ -324,10 +344,10 @@ class SqlActionRepository:
         self._conn = conn
         self._read_ahead = read_ahead if read_ahead is not None else _ReadAhead()
         self._staged = staged if staged is not None else _Staged()
-        # Actions locked by next_reservable -> the length of their history as stored: ``save``
-        # appends only the newer entries (``history || new``) instead of rewriting the whole array.
-        # Safe because the row lock keeps anyone else from changing the stored history meanwhile.
-        self._stored_history: dict[uuid.UUID, int] = {}
+        # Actions next_reservable read -> (the length of their history, their version) as stored:
+        # ``save`` updates only while the version is still that one, and so appends only the newer
+        # history entries (``history || new``) instead of rewriting the whole array.
+        self._read: dict[uuid.UUID, tuple[int, int]] = {}
 
     async def add_if_absent(self, action: ManualAction) -> bool:
         statement = (insert(t).values(**_row(action)).on_conflict_do_nothing(index_elements=[t.c.id])
@@ -355,17 +375,21 @@ class SqlActionRepository:
         return _action(row) if row else None
 
     async def save(self, action: ManualAction) -> None:
-        stored = self._stored_history.pop(action.id, None)
+        read = self._read.pop(action.id, None)
+        stored = read[0] if read is not None else None
         appending = stored is not None and stored <= len(action.history)
         values = {f"v_{name}": getattr(action, name) for name in _MUTABLE}
         values["v_status"] = action.status.value
         values["v_history"] = _history_to_json(action.history[stored:] if appending else action.history)
         parameters = {**values, "key_id": action.id, "key_tenant": action.tenant}
         await self._staged.flush_held_save(self._conn)
-        if stored is not None:
-            # Let's Start: held back to go with the outbox row in one statement (``_Staged``).
+        if read is not None:
+            # Let's Start: held back to go with the outbox row in one statement (``_Staged``), and
+            # written only while the action is as read.
+            parameters["key_version"] = read[1]
             self._staged.save = (action, parameters, appending)
             return
+        self._staged.refuse_if_optimistic("save an action next_reservable did not read")
         result = await self._conn.execute(_SAVE, parameters)
         if result.rowcount != 1:
             raise LookupError(f"manual action {action.id} of tenant {action.tenant} vanished while saving")
@@ -378,7 +402,8 @@ class SqlActionRepository:
         # assignee) and the tenant's settings. The last three are kept for the repositories of
         # this unit of work to answer from (``_ReadAhead``).
         parameters = {"tenant": tenant, "assignee": assignee_user_id, "now": now}
-        row = await _NEXT_RESERVABLE.fetchrow(self._conn, parameters, driver=self._staged.driver)
+        statement = _NEXT_RESERVABLE[not self._staged.optimistic]
+        row = await statement.fetchrow(self._conn, parameters, driver=self._staged.driver)
         assert row is not None  # the statement always returns its one row
         read_ahead = self._read_ahead
         read_ahead.settings[tenant] = (_settings(row, "s_") if row["s_tenant_id"] is not None
@@ -390,7 +415,7 @@ class SqlActionRepository:
         action = _action(row)
         read_ahead.contacts[(tenant, action.contact.id)] = (
             _contact_state(row, "c_") if row["c_contact_id"] is not None else None)
-        self._stored_history[action.id] = len(action.history)
+        self._read[action.id] = (len(action.history), action.version)
         return action
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
@@ -450,6 +475,7 @@ class SqlActionRepository:
         return [_action(row) for row in (await self._conn.execute(statement)).mappings().all()]
 
     async def save_many(self, actions: Sequence[ManualAction]) -> None:
+        self._staged.refuse_if_optimistic("save many actions")
         await self._staged.flush_held_save(self._conn)
         # One statement for the whole chunk: the rows travel as one JSON array that PostgreSQL
         # unpacks with jsonb_to_recordset (an executemany of single-row UPDATEs is several times slower).
@@ -798,6 +824,12 @@ class SqlUnitOfWork:
     ``commit`` and ``publish`` refuse to run in it. Locking reads (``for_update``, SKIP LOCKED) would
     lock nothing there: use cases that lock need a transaction.
 
+    ``optimistic`` (Let's Start's, docs/decisions/0026): no transaction either, and no lock:
+    ``next_reservable`` reads its candidate without locking it, and ``commit`` writes that action's
+    held-back UPDATE, checked against the version read, with its one outbox row in one statement
+    (atomic on its own), or raises ``ActionChanged`` having written nothing. Two round trips instead
+    of four. Writes that could not be made atomic that way are refused (``RuntimeError``).
+
     Otherwise the transaction is the driver's: SQLAlchemy's connection is in autocommit mode and the
     unit of work sends BEGIN, COMMIT and ROLLBACK on the asyncpg connection itself, so statements
     run through SQLAlchemy and those run on the driver directly (``DriverStatement``, COPY) share it
@@ -811,14 +843,16 @@ class SqlUnitOfWork:
     users: SqlUserRepository
     settings: SqlSettingsRepository
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, optimistic: bool = False) -> None:
+        if read_only and optimistic:
+            raise ValueError("a unit of work is read-only or optimistic, not both")
         self._engine = engine
         self._read_only = read_only
         self._conn: AsyncConnection | None = None
         # Outbox rows ``publish`` staged and Let's Start's held-back UPDATE, written in one statement
         # (with the NOTIFY) at commit at the latest; its ``driver`` is the asyncpg connection while
-        # the transaction is open.
-        self._staged = _Staged()
+        # the transaction (or the optimistic block) is open.
+        self._staged = _Staged(optimistic=optimistic)
 
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
@@ -826,11 +860,12 @@ class SqlUnitOfWork:
         if not self._read_only:
             driver = (await self._conn.get_raw_connection()).driver_connection
             assert isinstance(driver, asyncpg.Connection)
-            try:
-                await driver.execute("BEGIN")
-            except BaseException:
-                await self._discard()
-                raise
+            if not self._staged.optimistic:
+                try:
+                    await driver.execute("BEGIN")
+                except BaseException:
+                    await self._discard()
+                    raise
             self._staged.driver = driver
         read_ahead = _ReadAhead()
         self._staged.clear()
@@ -843,9 +878,9 @@ class SqlUnitOfWork:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._staged.clear()
+        self._staged.clear()  # an optimistic block left without commit: nothing of it was written
         driver, self._staged.driver = self._staged.driver, None
-        if driver is not None:
+        if driver is not None and not self._staged.optimistic:
             try:
                 await driver.execute("ROLLBACK")
             except BaseException as failure:
@@ -881,6 +916,16 @@ class SqlUnitOfWork:
         self._refuse_if_read_only("commit")
         if self._staged.driver is None:
             raise RuntimeError("the unit of work is used outside its 'async with' block or committed twice")
+        if self._staged.optimistic:
+            try:
+                await self._staged.flush(self._connection)
+            except ActionChanged:
+                raise  # nothing written, the connection is fine
+            except BaseException:
+                await self._discard()  # e.g. the connection broke: whether the statement ran is unknown
+                raise
+            self._staged.driver = None
+            return
         await self._staged.flush(self._connection)
         driver, self._staged.driver = self._staged.driver, None
         try:
@@ -903,6 +948,7 @@ class SqlUnitOfWork:
         # one statement and notifies the relay once.
         if not messages:
             return
+        self._staged.refuse_if_optimistic("publish many messages")
         await self._staged.flush(self._connection)  # what ``publish`` staged first: the call order
         rows = [{"message_id": e.id, "tenant": e.tenant, "topic": topic, "key": e.subject,
                  "value": e.to_jsonable(),
@@ -924,15 +970,20 @@ def _outbox_row(topic: str, envelope: Envelope[Any]) -> dict[str, Any]:
 
 class SqlUnitOfWorkFactory:
     """Makes a fresh ``SqlUnitOfWork`` per use case on ``engine`` (read-only ones with
-    ``read_only``)."""
+    ``read_only``, optimistic ones with ``optimistic``)."""
 
-    def __init__(self, engine: AsyncEngine, *, read_only: bool = False) -> None:
+    def __init__(self, engine: AsyncEngine, *, read_only: bool = False, optimistic: bool = False) -> None:
         self.engine = engine
         self.read_only = read_only
+        self.optimistic = optimistic
 
     def __call__(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, read_only=self.read_only)
+        return SqlUnitOfWork(self.engine, read_only=self.read_only, optimistic=self.optimistic)
 
     def reading(self) -> SqlUnitOfWorkFactory:
         """A factory of read-only units of work on the same engine."""
         return SqlUnitOfWorkFactory(self.engine, read_only=True)
+
+    def claiming(self) -> SqlUnitOfWorkFactory:
+        """A factory of optimistic units of work on the same engine, for Let's Start."""
+        return SqlUnitOfWorkFactory(self.engine, optimistic=True)

@@ -86,15 +86,21 @@ def _utcnow() -> datetime:
 @dataclass(frozen=True)
 class ApiContext:
     """What the routes need, kept on ``app.state.api``. ``reads`` makes the units of work of use
-    cases that only read (no transaction: fewer round trips); ``uow`` when not given."""
+    cases that only read (no transaction: fewer round trips), ``claims`` Let's Start's; ``uow``
+    when not given."""
 
     uow: UnitOfWorkFactory
     clock: Clock = _utcnow
     lease: timedelta = DEFAULT_LEASE
     reads: UnitOfWorkFactory | None = None
+    claims: UnitOfWorkFactory | None = None
 
     def read(self) -> UnitOfWork:
         return (self.reads or self.uow)()
+
+    def claim(self) -> UnitOfWork:
+        """Let's Start's unit of work: optimistic when the store offers one (docs/decisions/0026)."""
+        return (self.claims or self.uow)()
 
 
 async def _context(request: Request) -> ApiContext:
@@ -295,7 +301,7 @@ async def next_action(actor: ActorDep, ctx: ContextDep) -> Response:
     """Reserves the caller's next action for the lease period, in queue order: priority desc, then
     due time (an action without one is due when it was queued), then age (queue time), then id."""
     with _as_problem():
-        action = await queue.reserve_next(ctx.uow(), actor, now=ctx.clock(), lease=ctx.lease)
+        action = await queue.reserve_next(ctx.claim(), actor, now=ctx.clock(), lease=ctx.lease)
     if action is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return _json(ActionDetail.of(action))
@@ -526,7 +532,10 @@ def build_app(
     app = create_app("action-queue", readiness_checks=[("database", database_ready),
                                                        ("identity", identity.ping)])
     app.state.identity = identity
-    reads = uow.reading() if isinstance(uow, SqlUnitOfWorkFactory) else None
-    app.state.api = ApiContext(uow=uow, clock=clock, lease=lease, reads=reads)
+    reads: UnitOfWorkFactory | None = None
+    claims: UnitOfWorkFactory | None = None
+    if isinstance(uow, SqlUnitOfWorkFactory):
+        reads, claims = uow.reading(), uow.claiming()
+    app.state.api = ApiContext(uow=uow, clock=clock, lease=lease, reads=reads, claims=claims)
     app.include_router(router)
     return app

@@ -20,6 +20,16 @@ from action_queue.domain.people import QueueSettings, UserState
 from manual_actions.contracts import ActionQueued, ActionType, Envelope
 
 
+class ActionChanged(Exception):
+    """Raised by ``UnitOfWork.commit`` when an action ``next_reservable`` returned was changed by
+    someone else before the commit wrote this unit of work's change to it (another device reserved
+    it, a manager reassigned it). Nothing of the unit of work was written; the caller moves on."""
+
+    def __init__(self, action_id: uuid.UUID) -> None:
+        super().__init__(f"manual action {action_id} changed since it was read")
+        self.action_id = action_id
+
+
 class NewAction(NamedTuple):
     """One ActionQueued to materialise: its tenant, payload and envelope sequence."""
 
@@ -285,9 +295,10 @@ class ActionRepository(Protocol):
 
     async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
                               now: datetime) -> ManualAction | None:
-        """Lock and return the assignee's first reservable action by (priority desc, effective due time,
-        queued_at, id),
-        skipping rows another transaction has locked, so concurrent callers get different actions."""
+        """The assignee's first reservable action by (priority desc, effective due time, queued_at,
+        id), passing over rows another transaction holds locked. Its ``save`` writes only if nobody
+        changed the action since (compared by ``version``; ``ActionChanged`` from ``commit``
+        otherwise), so two callers never both reserve it; inside a transaction it is also locked."""
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
         """Lock and return up to ``limit`` actions (of any tenant, or of ``tenant``) that need the system
@@ -348,7 +359,11 @@ class SettingsRepository(Protocol):
 
 
 class UnitOfWork(Protocol):
-    """One database transaction. Leaving the block without ``commit()`` rolls everything back."""
+    """One database transaction. Leaving the block without ``commit()`` rolls everything back.
+
+    An optimistic unit of work (Let's Start's, ``ApiContext.claim``) holds no transaction and no
+    lock: its ``commit`` writes the one action's change and its event in one atomic statement, or
+    raises ``ActionChanged`` and writes nothing."""
 
     @property
     def actions(self) -> ActionRepository: ...

@@ -29,7 +29,15 @@ from action_queue.domain import (
 from action_queue.domain.checks import blocked_reason, current_phone
 from action_queue.domain.errors import InvalidField
 from action_queue.domain.people import OutOfOffice, QueueSettings
-from action_queue.handlers.ports import DEFAULT_SORT, ActionFilter, ActionSummary, Cursor, Sort, UnitOfWork
+from action_queue.handlers.ports import (
+    DEFAULT_SORT,
+    ActionChanged,
+    ActionFilter,
+    ActionSummary,
+    Cursor,
+    Sort,
+    UnitOfWork,
+)
 from action_queue.handlers.publishing import publish
 from manual_actions.auth import Role
 from manual_actions.contracts import ActionType, Payload
@@ -147,8 +155,9 @@ async def count_actions(uow: UnitOfWork, actor: Actor,
         return await uow.actions.counts(actor.tenant, filters)
 
 
-# How many blocked actions one Let's Start skips before answering "empty" (the next call goes on).
-MAX_BLOCKED_PER_START = 25
+# How many actions one Let's Start passes over (blocked by a check at the moment of work, or changed
+# by someone else while it was being reserved) before answering "empty" (the next call goes on).
+MAX_PASSED_OVER_PER_START = 25
 
 
 async def _blocked(uow: UnitOfWork, action: ManualAction, now: datetime,
@@ -164,7 +173,6 @@ async def _skip_blocked(uow: UnitOfWork, action: ManualAction, reason: str, now:
     event = action.skip(None, reason, now)
     await uow.actions.save(action)
     await publish(uow, action, event)
-    metrics.BLOCKED.labels(type=action.type.value).inc()
 
 
 async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
@@ -175,37 +183,45 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
     action whose lease lapsed or whose snooze ended is available again. An action a check at the
     moment of work blocks (opt-out, do-not-disturb, invalid number, quiet hours) is skipped with the
     reason on the way, and the next one is taken. A user who is out of office while the tenant holds
-    their actions gets nothing until they are back."""
+    their actions gets nothing until they are back.
+
+    Each candidate is read and changed in a unit of work of its own (one commit each, so ``uow`` may
+    be optimistic): one that someone else changed in between (``ActionChanged``: another device
+    reserved it, a manager reassigned it) is passed over, unchanged by this call."""
     user_id = require_user(actor)
-    async with uow:
-        # The first candidate is locked before the settings and the caller are looked at: the SQL
-        # repository reads all of them with it in one statement, and the settings, user and contact
-        # reads below are answered from that. A held caller's lock ends with the rollback.
-        action = await uow.actions.next_reservable(actor.tenant, user_id, now)
-        settings = await uow.settings.get(actor.tenant)
-        if settings.out_of_office is OutOfOffice.HOLD:
-            me = await uow.users.get(actor.tenant, user_id)
-            if me is not None and me.is_out(now, away_counts=settings.away_counts_as_out):
-                metrics.RESERVATIONS.labels(result="held").inc()
-                return None
-        skipped = 0
-        while action is not None:
+    passed_over = 0
+    while passed_over < MAX_PASSED_OVER_PER_START:
+        async with uow:
+            # One statement reads the candidate with the settings, the caller and the contact; the
+            # reads below are answered from it.
+            action = await uow.actions.next_reservable(actor.tenant, user_id, now)
+            settings = await uow.settings.get(actor.tenant)
+            if settings.out_of_office is OutOfOffice.HOLD:
+                me = await uow.users.get(actor.tenant, user_id)
+                if me is not None and me.is_out(now, away_counts=settings.away_counts_as_out):
+                    metrics.RESERVATIONS.labels(result="held").inc()
+                    return None
+            if action is None:
+                break
             reason, _ = await _blocked(uow, action, now, settings)
-            if reason is not None:
+            if reason is None:
+                event = action.reserve(user_id, now, lease)
+                await uow.actions.save(action)
+                await publish(uow, action, event)
+                action.proposed_message = await _proposal(uow, action)
+            else:
                 await _skip_blocked(uow, action, reason, now)
-                skipped += 1
-                if skipped == MAX_BLOCKED_PER_START:
-                    break
-                action = await uow.actions.next_reservable(actor.tenant, user_id, now)
+            try:
+                await uow.commit()
+            except ActionChanged:
+                passed_over += 1
+                metrics.RESERVATIONS.labels(result="changed").inc()
                 continue
-            event = action.reserve(user_id, now, lease)
-            await uow.actions.save(action)
-            await publish(uow, action, event)
-            action.proposed_message = await _proposal(uow, action)
-            await uow.commit()
-            metrics.RESERVATIONS.labels(result="reserved").inc()
-            return action
-        await uow.commit()  # the skips of blocked actions stand
+            if reason is None:
+                metrics.RESERVATIONS.labels(result="reserved").inc()
+                return action
+            metrics.BLOCKED.labels(type=action.type.value).inc()
+            passed_over += 1
     metrics.RESERVATIONS.labels(result="empty").inc()
     return None
 
@@ -224,6 +240,7 @@ async def _start_work(uow: UnitOfWork, actor: Actor, action_id: uuid.UUID, kind:
         if reason is not None:
             await _skip_blocked(uow, action, reason, now)
             await uow.commit()
+            metrics.BLOCKED.labels(type=action.type.value).inc()
             raise BlockedAtWork(action.id, reason)
         messages = await start(action, phone, uow)
         await uow.actions.save(action)
