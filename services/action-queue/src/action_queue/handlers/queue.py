@@ -204,14 +204,14 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
             if action is None:
                 break
             reason, _ = await _blocked(uow, action, now, settings)
-            if reason is None:
-                event = action.reserve(user_id, now, lease)
-                await uow.actions.save(action)
-                await publish(uow, action, event)
-                action.proposed_message = await _proposal(uow, action)
-            else:
-                await _skip_blocked(uow, action, reason, now)
             try:
+                if reason is None:
+                    event = action.reserve(user_id, now, lease)
+                    await uow.actions.save(action)
+                    await publish(uow, action, event)
+                    action.proposed_message = await _proposal(uow, action)
+                else:
+                    await _skip_blocked(uow, action, reason, now)
                 await uow.commit()
             except ActionChanged:
                 passed_over += 1
