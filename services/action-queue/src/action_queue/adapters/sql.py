@@ -188,7 +188,8 @@ class _Staged:
     (``SqlActionRepository.save``). ``flush`` writes them in the order they were made; the unit of
     work flushes before it commits, and the action repository before each of its statements while
     an UPDATE is held back, so no read in the transaction misses a held-back write and an UPDATE
-    that finds no row still fails the use case (``LookupError``) before anything commits."""
+    that finds its action changed (or gone) fails the use case (``ActionChanged``) before anything
+    commits."""
 
     def __init__(self, *, optimistic: bool = False) -> None:
         self.save: tuple[ManualAction, dict[str, Any], bool] | None = None  # action, parameters, appending

@@ -21,9 +21,10 @@ from manual_actions.contracts import ActionQueued, ActionType, Envelope
 
 
 class ActionChanged(Exception):
-    """Raised by ``UnitOfWork.commit`` when an action ``next_reservable`` returned was changed by
-    someone else before the commit wrote this unit of work's change to it (another device reserved
-    it, a manager reassigned it). Nothing of the unit of work was written; the caller moves on."""
+    """Raised when this unit of work's change to an action ``next_reservable`` returned is written
+    (by ``commit`` at the latest) and someone else changed the action since it was read (another
+    device reserved it, a manager reassigned it). Nothing of the unit of work is kept; the caller
+    moves on."""
 
     def __init__(self, action_id: uuid.UUID) -> None:
         super().__init__(f"manual action {action_id} changed since it was read")
