@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,14 +9,8 @@ from typing import Any
 
 import pytest
 
-from devstack.processes import SERVICES, ServiceProcesses
+from devstack.processes import SERVICES, ServiceProcesses, free_ports
 from tests.e2e.support import run_async
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="package")
@@ -26,7 +19,7 @@ def services(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     processes = ServiceProcesses(
         stack,
         run_dir,
-        ports={spec.name: _free_port() for spec in SERVICES},
+        ports=dict(zip((spec.name for spec in SERVICES), free_ports(len(SERVICES)), strict=True)),
         database_prefix="e2e_",
     )
     try:

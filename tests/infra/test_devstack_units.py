@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from devstack import ComponentError
 from devstack._util import pid_alive, spawn, terminate
 from devstack.install import patch_twilio_spec
 from devstack.kafka import Kafka, cluster_id, server_properties
+from devstack.processes import ServiceFailedToStart, ServiceProcesses, free_ports
 from devstack.twilio_proxy import form_to_dict, is_loopback_url
 
 
@@ -112,3 +116,42 @@ def test_cluster_ids_never_look_like_command_line_options() -> None:
     ids = [cluster_id() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
+
+
+class _OtherService(BaseHTTPRequestHandler):
+    """Ready, and names itself "dashboard"."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "ok", "service": "dashboard"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_a_service_whose_port_another_service_answers_is_not_taken_for_ready(tmp_path: Path) -> None:
+    # Two services given one port: the one that bound it answers /ready for both, while the other
+    # is still starting and fails to bind a moment later.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        processes = ServiceProcesses(object(), tmp_path,  # no stack needed: nothing is started
+                                     ports={"sms-sender": server.server_address[1]})
+        processes.processes["sms-sender"] = starting
+        with pytest.raises(ServiceFailedToStart, match="answered by 'dashboard'"):
+            processes._wait_ready("sms-sender", time.monotonic() + 10)
+    finally:
+        starting.kill()
+        starting.wait()
+        server.shutdown()
+        server.server_close()

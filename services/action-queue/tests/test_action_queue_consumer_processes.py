@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -22,16 +21,10 @@ from aq_factories import action_queued, wrap
 from prometheus_client.parser import text_string_to_metric_families
 
 from action_queue.entrypoints.main import CONSUMER_ONLY, Settings, default_consumer_processes
-from devstack.processes import ServiceProcesses
+from devstack.processes import ServiceProcesses, free_ports
 from manual_actions.contracts import topics
 
 SERVICE = "action-queue"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(parent: int) -> list[int]:
@@ -88,7 +81,7 @@ async def _members(bootstrap: str, group: str, *, stable: bool = False) -> int:
 def services(stack: Any, tmp_path: Path) -> Any:
     group = f"aq-procs-{uuid.uuid4().hex[:8]}"
     env = {"ACTION_QUEUE_CONSUMER_PROCESSES": "3", "CONSUMER_GROUP_ID": group}
-    processes = ServiceProcesses(stack, tmp_path, ports={SERVICE: _free_port()}, database_prefix="procs_",
+    processes = ServiceProcesses(stack, tmp_path, ports={SERVICE: free_ports(1)[0]}, database_prefix="procs_",
                                  extra_env=env)
     try:
         yield processes, group

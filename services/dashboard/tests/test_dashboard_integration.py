@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from dashboard.entrypoints.api import build_app
 from dashboard.entrypoints.streams import CRASH_AFTER_STATE_STORED, DashboardStreams, running
 from dashboard.settings import DashboardSettings
-from devstack.processes import ServiceProcesses
+from devstack.processes import ServiceProcesses, free_ports
 from manual_actions import faults
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import (
@@ -350,12 +349,6 @@ async def test_http_errors_are_problem_json_and_widget_is_served(harness: Harnes
         assert (await client.get("/health")).status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_sigkill_between_state_and_delta_counts_once(
     harness: Harness, stack: Any, tmp_path: Path
 ) -> None:
@@ -363,7 +356,7 @@ async def test_sigkill_between_state_and_delta_counts_once(
     delta left: after the restart the event is redelivered, finds the state already advanced, and
     must re-send the stored delta (recomputing would find nothing to count)."""
     processes = ServiceProcesses(
-        stack, tmp_path / "processes", ports={"dashboard": _free_port()},
+        stack, tmp_path / "processes", ports={"dashboard": free_ports(1)[0]},
         extra_env={
             "FAUST_APP_ID": harness.group,
             "FAUST_DATADIR": str(tmp_path / "faust"),

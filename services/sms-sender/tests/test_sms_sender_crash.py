@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from twilio_harness import eventually, free_port, position_group_at_end
+from twilio_harness import eventually, position_group_at_end
 
-from devstack.processes import SERVICES, ServiceProcesses
+from devstack.processes import SERVICES, ServiceProcesses, free_ports
 from manual_actions import faults
 from manual_actions.contracts import Envelope, SendSms, SmsSent, decode, topics
 from manual_actions.twilio_support import CRASH_AFTER_TWILIO_ANSWER
@@ -66,7 +66,7 @@ async def test_an_sms_accepted_just_before_a_sigkill_is_found_at_twilio_and_not_
     processes = ServiceProcesses(
         stack,
         tmp_path,
-        ports={spec.name: free_port() for spec in SERVICES},
+        ports=dict(zip((spec.name for spec in SERVICES), free_ports(len(SERVICES)), strict=True)),
         database_prefix="crash_",
         # Reconciliation looks the unknown outcome up at Twilio after this delay (default 30 s).
         extra_env={"CONSUMER_GROUP_ID": group, "RECONCILE_DELAY_SECONDS": "1",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import Table, select
 
+from devstack.processes import free_ports
 from devstack.testing import eventually
 from manual_actions.contracts import Envelope, decode
 from manual_actions.kafka import ensure_topics
@@ -37,12 +37,6 @@ from manual_actions.twilio_support import (
 
 FROM_NUMBER = "+15005550006"  # Twilio's magic "valid sender" test number
 S = TypeVar("S", bound=TwilioSettings)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def position_group_at_end(bootstrap: str, group: str, topic: str) -> None:
@@ -127,7 +121,7 @@ def settings_for(settings_class: type[S], stack: Any, database: str) -> S:
     """Settings of a service under test: a free loopback port the mock calls back, an own
     database and consumer group, the stack's identity store, Kafka and Twilio mock, and short polling
     intervals."""
-    port = free_port()
+    port = free_ports(1)[0]
     return settings_class(
         consumer_group_id=f"{database}-{uuid.uuid4().hex[:8]}",
         http_port=port,

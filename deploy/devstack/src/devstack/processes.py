@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +51,16 @@ SPECS = {spec.name: spec for spec in SERVICES}
 
 class ServiceFailedToStart(RuntimeError):
     pass
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free right now: every socket stays bound until all are known (ports
+    picked one at a time can repeat, since each is free again once its socket closes)."""
+    with ExitStack() as sockets:
+        bound = [sockets.enter_context(socket.socket()) for _ in range(count)]
+        for sock in bound:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in bound]
 
 
 class ServiceProcesses:
@@ -143,12 +155,23 @@ class ServiceProcesses:
             try:
                 response = httpx.get(f"{self.url(name)}/ready", timeout=2.0)
                 if response.status_code == 200:
+                    self._check_identity(name)
                     return
                 last_error = f"/ready answered {response.status_code}: {response.text[:300]}"
             except httpx.HTTPError as exc:
                 last_error = repr(exc)
             time.sleep(0.2)
         raise ServiceFailedToStart(f"{name} not ready in time ({last_error}); see {self.log_path(name)}")
+
+    def _check_identity(self, name: str) -> None:
+        """The process answering on ``name``'s port is ``name``: another one (a port given twice,
+        or taken by someone else before ``name`` could bind it) would pass for it while ``name``
+        fails to bind and exits a moment later."""
+        answered = httpx.get(f"{self.url(name)}/health", timeout=2.0).json().get("service")
+        if answered != name:
+            raise ServiceFailedToStart(
+                f"port {self.ports[name]} of {name} is answered by {answered!r}; see {self.log_path(name)}"
+            )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` to one service and wait for it to exit; returns the exit code."""

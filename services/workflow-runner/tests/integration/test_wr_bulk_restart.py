@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from devstack.processes import ServiceProcesses
+from devstack.processes import ServiceProcesses, free_ports
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.db import asyncpg_dsn, create_engine
 from manual_actions.faults import CRASH_AT_ENV
@@ -34,18 +33,12 @@ pytestmark = pytest.mark.integration
 SERVICE = "workflow-runner"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def runner(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcesses]:
     processes = ServiceProcesses(
         stack,
         Path(tmp_path_factory.mktemp("wr-bulk-restart")),
-        ports={SERVICE: _free_port()},
+        ports={SERVICE: free_ports(1)[0]},
         database_prefix=f"wrbulk_{uuid.uuid4().hex[:6]}_",
     )
     try:
