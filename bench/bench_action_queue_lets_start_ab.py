@@ -34,6 +34,7 @@ from bench_action_queue_million import (
     TENANTS,
     _free_port,
     _load,
+    _stop,
     _user,
     _wait_ready,
 )
@@ -134,11 +135,6 @@ async def test_lets_start_against_a_baseline_revision(stack: Any) -> None:
         for client in clients.values():
             await client.aclose()
         for server, _ in servers.values():
-            if server.returncode is None:
-                server.terminate()
-                try:
-                    await asyncio.wait_for(server.wait(), 30)
-                except TimeoutError:
-                    server.kill()
+            await _stop(server)
         await engine.dispose()
         await identity_engine.dispose()

@@ -415,14 +415,19 @@ async def test_queries_over_a_million_actions(stack: Any) -> None:
             print(f"plan of {title}:\n" + "\n".join("    " + row for row in rows))
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     finally:
-        if server.returncode is None:
-            server.terminate()
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
+        await _stop(server)
         await engine.dispose()
         await identity_engine.dispose()
+
+
+async def _stop(server: asyncio.subprocess.Process) -> None:
+    """SIGTERM the server process, SIGKILL it if it has not exited 30 s later."""
+    if server.returncode is None:
+        server.terminate()
+        try:
+            await asyncio.wait_for(server.wait(), 30)
+        except TimeoutError:
+            server.kill()
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":

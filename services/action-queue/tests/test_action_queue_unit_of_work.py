@@ -106,12 +106,15 @@ async def test_a_cancelled_unit_of_work_reports_the_cancellation_not_its_failed_
         await engine.dispose()
 
 
-async def _queued(aq: Harness, tenant: str) -> ManualAction:
+async def _queued(aq: Harness) -> tuple[str, ManualAction, uuid.UUID]:
+    """A queued action of a new tenant, stored: (tenant, action, assignee)."""
+    tenant = await aq.new_tenant()
     action = _action(tenant)
     async with SqlUnitOfWork(aq.service.uow.engine) as uow:
         assert await uow.actions.add_if_absent(action)
         await uow.commit()
-    return action
+    assert action.assignee_user_id is not None
+    return tenant, action, action.assignee_user_id
 
 
 async def _status_and_events(aq: Harness, action_id: uuid.UUID, message_id: uuid.UUID) -> tuple[str, int]:
@@ -125,12 +128,10 @@ async def _status_and_events(aq: Harness, action_id: uuid.UUID, message_id: uuid
 @pytest.mark.parametrize("changed_meanwhile", [False, True], ids=["as read", "changed meanwhile"])
 async def test_an_optimistic_commit_writes_the_change_and_its_event_only_while_the_action_is_as_read(
         aq: Harness, changed_meanwhile: bool) -> None:
-    tenant = await aq.new_tenant()
-    action = await _queued(aq, tenant)
-    assert action.assignee_user_id is not None
+    tenant, action, assignee = await _queued(aq)
     now = datetime.now(UTC)
     async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
-        read = await uow.actions.next_reservable(tenant, action.assignee_user_id, now)
+        read = await uow.actions.next_reservable(tenant, assignee, now)
         assert read is not None and read.id == action.id
         pid = await uow._connection.scalar(text("SELECT pg_backend_pid()"))
         async with aq.service.uow.engine.connect() as other:
@@ -144,7 +145,7 @@ async def test_an_optimistic_commit_writes_the_change_and_its_event_only_while_t
                 await other.execute(manual_actions.update().where(manual_actions.c.id == action.id)
                                     .values(version=manual_actions.c.version + 1))
                 await other.commit()
-        event = read.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        event = read.reserve(assignee, now, timedelta(minutes=5))
         await uow.actions.save(read)
         envelope = await publish(uow, read, event)
         if changed_meanwhile:
@@ -158,20 +159,18 @@ async def test_an_optimistic_commit_writes_the_change_and_its_event_only_while_t
 
 async def test_an_optimistic_unit_of_work_writes_nothing_without_commit_and_refuses_unchecked_writes(
         aq: Harness) -> None:
-    tenant = await aq.new_tenant()
-    action = await _queued(aq, tenant)
-    assert action.assignee_user_id is not None
+    tenant, action, assignee = await _queued(aq)
     now = datetime.now(UTC)
     async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
-        read = await uow.actions.next_reservable(tenant, action.assignee_user_id, now)
+        read = await uow.actions.next_reservable(tenant, assignee, now)
         assert read is not None
-        event = read.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        event = read.reserve(assignee, now, timedelta(minutes=5))
         await uow.actions.save(read)
         envelope = await publish(uow, read, event)
     assert await _status_and_events(aq, action.id, envelope.id) == ("queued", 0)
     async with SqlUnitOfWork(aq.service.uow.engine, optimistic=True) as uow:
         loaded = await uow.actions.get(tenant, action.id)
         assert loaded is not None
-        loaded.reserve(action.assignee_user_id, now, timedelta(minutes=5))
+        loaded.reserve(assignee, now, timedelta(minutes=5))
         with pytest.raises(RuntimeError, match="optimistic unit of work cannot save"):
             await uow.actions.save(loaded)  # not read by next_reservable: no version to check it against
