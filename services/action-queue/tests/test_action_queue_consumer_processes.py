@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +23,12 @@ from aiokafka.errors import KafkaError
 from aq_factories import action_queued, wrap
 from prometheus_client.parser import text_string_to_metric_families
 
-from action_queue.entrypoints.main import CONSUMER_ONLY, Settings, default_consumer_processes
+from action_queue.entrypoints.main import (
+    CONSUMER_ONLY,
+    ChildMetricsDirectory,
+    Settings,
+    default_consumer_processes,
+)
 from devstack.processes import ServiceProcesses, free_ports
 from manual_actions.contracts import topics
 
@@ -96,6 +104,29 @@ def test_default_is_a_process_per_core_plus_one_at_most_six(monkeypatch: pytest.
     monkeypatch.setenv("ACTION_QUEUE_CONSUMER_PROCESSES", "0")
     with pytest.raises(ValueError, match="consumer_processes"):
         Settings()
+
+
+def test_a_temporary_metrics_directory_left_by_a_killed_service_is_removed_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        orphaned = tmp_path / f"action-queue-metrics-{gone.pid}-abc"
+        running = tmp_path / f"action-queue-metrics-{alive.pid}-def"
+        unrelated = tmp_path / "action-queue-metrics-notapid"
+        for directory in (orphaned, running, unrelated):
+            directory.mkdir()
+        made = ChildMetricsDirectory("")
+        assert made.path.parent == tmp_path
+        assert made.path.name.startswith(f"action-queue-metrics-{os.getpid()}-")
+        assert (orphaned.exists(), running.exists(), unrelated.exists()) == (False, True, True)
+        asyncio.run(made.close())
+        assert not made.path.exists()
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 def test_children_join_the_group_and_die_with_the_parent(services: Any, stack: Any) -> None:

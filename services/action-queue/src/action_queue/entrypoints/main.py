@@ -240,10 +240,14 @@ async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], Ba
 # --- process start ------------------------------------------------------------------------------
 
 
+_TEMPORARY_METRICS_PREFIX = "action-queue-metrics-"
+
+
 class ChildMetricsDirectory:
     """Where the children write their metrics: the operator's directory (its old ``*.db`` files
     removed, as prometheus_client's multiprocess mode requires between runs), else a temporary
-    directory this process makes and ``close`` removes."""
+    directory this process makes and ``close`` removes. A process killed before ``close`` leaves
+    its temporary directory behind: the next one removes those whose process is gone."""
 
     def __init__(self, configured: str) -> None:
         if configured:
@@ -255,12 +259,28 @@ class ChildMetricsDirectory:
                     stale.unlink(missing_ok=True)
             self._made = False
         else:
-            self.path = Path(tempfile.mkdtemp(prefix="action-queue-metrics-"))
+            _remove_orphaned_temporary_directories()
+            self.path = Path(tempfile.mkdtemp(prefix=f"{_TEMPORARY_METRICS_PREFIX}{os.getpid()}-"))
             self._made = True
 
     async def close(self) -> None:
         if self._made:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _remove_orphaned_temporary_directories() -> None:
+    """Remove the temporary metrics directories of service processes that no longer run (named
+    ``action-queue-metrics-<pid>-...``; a pid taken again by another process keeps its directory)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_TEMPORARY_METRICS_PREFIX}*-*"):
+        pid = path.name.removeprefix(_TEMPORARY_METRICS_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 async def run(settings: Settings) -> None:
