@@ -1,7 +1,7 @@
-"""Let's Start on the real database in as few statements as it can: the locked action read together
-with its contact, the caller and the tenant's settings (read ahead for the unit of work), and its
-UPDATE held back to go with the outbox row in one statement at commit. What it stores and stages
-must be what the plain repository calls would have stored and staged."""
+"""Let's Start on the real database in as few statements as it can: the action read together with
+its contact, the caller and the tenant's settings (read ahead for the unit of work; locked when in
+a transaction), and its UPDATE held back to go with the outbox row in one statement at commit.
+What it stores and stages must be what the plain repository calls would have stored and staged."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from aq_factories import T0, action_queued, wrap
 from aq_harness import Harness
 from sqlalchemy import event, select, text
 
+from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.adapters.tables import outbox
 from action_queue.domain import ActionStatus, Actor, ManualAction
 from action_queue.domain.checks import ContactState
@@ -65,18 +66,29 @@ async def _outbox_of(aq: Harness, *subjects: uuid.UUID) -> list[tuple[str, int, 
     return [(row["type"], row["sequence"], row["subject"]) for row in rows]
 
 
-async def test_lets_start_is_two_statements_and_stores_what_the_domain_did(aq: Harness) -> None:
+# Let's Start's units of work: the API's (optimistic, docs/decisions/0026) and a transactional one.
+KINDS = ["optimistic", "transactional"]
+
+
+def _units(aq: Harness, kind: str) -> SqlUnitOfWorkFactory:
+    return aq.service.uow.claiming() if kind == "optimistic" else aq.service.uow
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_lets_start_is_two_statements_and_stores_what_the_domain_did(aq: Harness, kind: str) -> None:
     tenant = await aq.new_tenant()
     agent = uuid.uuid4()
     low, high = await _queue(aq, tenant, agent, 1, 5)
     # A lease that outlasts the real clock: the harness's maintenance loop releases lapsed leases.
     lease = timedelta(days=36500)
     with statements(aq) as seen:
-        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW,
-                                            lease=lease)
+        reserved = await queue.reserve_next(_units(aq, kind)(), Actor(tenant, agent, supervisor=False),
+                                            now=NOW, lease=lease)
     assert reserved is not None and reserved.id == high.id
-    assert len(seen) == 2, seen  # the locked read (with contact, user, settings); UPDATE + outbox + NOTIFY
-    assert "SKIP LOCKED" in seen[0] and "UPDATE manual_actions" in seen[1] and "INSERT INTO outbox" in seen[1]
+    assert len(seen) == 2, seen  # the read (with contact, user, settings); UPDATE + outbox + NOTIFY
+    # Only inside a transaction is the candidate locked; the UPDATE checks the version either way.
+    assert ("SKIP LOCKED" in seen[0]) is (kind == "transactional")
+    assert "UPDATE manual_actions" in seen[1] and "INSERT INTO outbox" in seen[1] and "version" in seen[1]
 
     expected = replace(high, history=list(high.history))  # the domain's own transition, on a copy
     expected.reserve(agent, NOW, lease)
@@ -90,7 +102,8 @@ async def test_lets_start_is_two_statements_and_stores_what_the_domain_did(aq: H
     assert await _outbox_of(aq, high.id, low.id) == [("ActionReserved", 2, str(high.id))]
 
 
-async def test_blocked_actions_are_skipped_and_everything_commits_in_order(aq: Harness) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_blocked_actions_are_skipped_and_everything_commits_in_order(aq: Harness, kind: str) -> None:
     tenant = await aq.new_tenant()
     agent = uuid.uuid4()
     blocked, fine = await _queue(aq, tenant, agent, 9, 1)
@@ -99,10 +112,10 @@ async def test_blocked_actions_are_skipped_and_everything_commits_in_order(aq: H
             phone=blocked.contact.phone, timezone=None, opted_out=frozenset({ActionType.SMS}), version=1))
         await uow.commit()
     with statements(aq) as seen:
-        reserved = await queue.reserve_next(aq.service.uow(), Actor(tenant, agent, supervisor=False), now=NOW)
+        reserved = await queue.reserve_next(_units(aq, kind)(), Actor(tenant, agent, supervisor=False),
+                                            now=NOW)
     assert reserved is not None and reserved.id == fine.id
-    # locked read; the skip's UPDATE + outbox (before the next read); the next locked read; the
-    # reservation's UPDATE + outbox at commit
+    # read; the skip's UPDATE + outbox, committed; the next read; the reservation's UPDATE + outbox
     assert len(seen) == 4, seen
     async with aq.service.uow() as uow:
         skipped = await uow.actions.get(tenant, blocked.id)
