@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -212,6 +212,7 @@ class FakeUnitOfWork:
         return self._repo
 
     async def __aenter__(self) -> Self:
+        self._after_commit: list[Callable[[], None]] = []
         self._work = copy.deepcopy(self.store)
         self._outbox: list[tuple[str, Envelope[Any]]] = []
         self._inbox: set[tuple[str, uuid.UUID]] = set(self.inbox)
@@ -246,6 +247,9 @@ class FakeUnitOfWork:
                         tb: TracebackType | None) -> None:
         return None
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
     async def commit(self) -> None:
         for action_id, read in self._repo.read_versions.items():
             # Written by this unit of work, but changed in the store meanwhile (see ``SqlUnitOfWork``).
@@ -259,6 +263,9 @@ class FakeUnitOfWork:
         self.outbox.extend(self._outbox)
         self.inbox = self._inbox
         self.commits += 1
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         self._outbox.append((topic, envelope))

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aq_factories import T0, action_queued, wrap
 from aq_fakes import FakeUnitOfWork
+from prometheus_client import REGISTRY
 
 from action_queue.domain import ActionNotFound, ActionStatus, Actor, InvalidTransition, NotAllowed
 from action_queue.handlers import materialise, queue
@@ -289,6 +290,20 @@ async def test_an_action_another_device_took_meanwhile_is_passed_over_for_the_ne
     # This call published only its own reservation: nothing about the action it lost.
     assert _reserved_events(uow) == [str(second)]
     assert uow.statuses() == {first: ActionStatus.RESERVED, second: ActionStatus.RESERVED}
+
+
+def _published(message_type: str) -> float:
+    return REGISTRY.get_sample_value("action_queue_lifecycle_events_total", {"type": message_type}) or 0.0
+
+
+async def test_only_committed_events_are_counted_as_published() -> None:
+    uow = _RacedUnitOfWork()
+    await queue_action(uow, priority=5)
+    await queue_action(uow, priority=1)
+    before = _published("ActionReserved")
+    uow.races = 1  # the first candidate's reservation is staged, then lost: not published
+    assert await queue.reserve_next(uow, agent, now=NOW) is not None
+    assert _published("ActionReserved") == before + 1
 
 
 async def test_a_start_gives_up_after_passing_over_its_limit_and_the_next_call_goes_on() -> None:

@@ -30,14 +30,15 @@ RESERVATIONS = Counter(
     ["result"],
 )
 
-# Commands staged in the outbox for the Twilio-facing services, by type (SendSms, PlaceCall).
+# Commands committed to the outbox for the Twilio-facing services, by type (SendSms, PlaceCall).
 COMMANDS_ISSUED = Counter(
     "action_queue_commands_issued_total",
     "Commands issued to sms-sender and dialer.",
     ["type"],
 )
 
-# Lifecycle events staged in the outbox, by type (ActionCompleted, ActionDeleted).
+# Lifecycle events committed to the outbox, by type (ActionCompleted, ActionDeleted): counted when
+# their unit of work commits, so a rolled-back change or a lost Let's Start race counts nothing.
 LIFECYCLE_EVENTS = Counter(
     "action_queue_lifecycle_events_total",
     "Lifecycle events this service published.",

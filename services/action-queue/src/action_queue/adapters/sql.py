@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
@@ -854,6 +854,7 @@ class SqlUnitOfWork:
         # (with the NOTIFY) at commit at the latest; its ``driver`` is the asyncpg connection while
         # the transaction (or the optimistic block) is open.
         self._staged = _Staged(optimistic=optimistic)
+        self._after_commit: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Self:
         self._conn = await self._engine.connect()
@@ -870,6 +871,7 @@ class SqlUnitOfWork:
             self._staged.driver = driver
         read_ahead = _ReadAhead()
         self._staged.clear()
+        self._after_commit = []
         self.actions = SqlActionRepository(self._conn, read_ahead, self._staged)
         self.bulk = SqlBulkRequestStore(self._conn)
         self.contacts = SqlContactRepository(self._conn, read_ahead)
@@ -880,6 +882,7 @@ class SqlUnitOfWork:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self._staged.clear()  # an optimistic block left without commit: nothing of it was written
+        self._after_commit = []
         driver, self._staged.driver = self._staged.driver, None
         if driver is not None and not self._staged.optimistic:
             try:
@@ -926,6 +929,7 @@ class SqlUnitOfWork:
                 await self._discard()  # e.g. the connection broke: whether the statement ran is unknown
                 raise
             self._staged.driver = None
+            self._committed()
             return
         await self._staged.flush(self._connection)
         driver, self._staged.driver = self._staged.driver, None
@@ -934,6 +938,15 @@ class SqlUnitOfWork:
         except BaseException:
             await self._discard()
             raise
+        self._committed()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._after_commit.append(callback)
+
+    def _committed(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         # Staged in memory and written at commit at the latest, all rows and the relay's NOTIFY in one

@@ -7,7 +7,7 @@ The SQL implementation lives in ``action_queue.adapters``; unit tests use in-mem
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -375,6 +375,10 @@ class UnitOfWork(Protocol):
                         tb: TracebackType | None) -> None: ...
 
     async def commit(self) -> None: ...
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the next ``commit`` of this block has succeeded (e.g. to count what
+        it published); never if the block ends without one or the commit fails."""
 
     async def publish(self, topic: str, envelope: Envelope[Any]) -> None:
         """Stage ``envelope`` for ``topic``; it is published only if the transaction commits."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 
 from action_queue import metrics
 from action_queue.domain import ManualAction
@@ -43,5 +45,17 @@ async def publish(uow: UnitOfWork, action: ManualAction, payload: Payload,
     envelope = envelope_for(action, payload, causation_id)
     await uow.publish(topic_of(payload), envelope)
     counter = metrics.COMMANDS_ISSUED if payload.kind == "command" else metrics.LIFECYCLE_EVENTS
-    counter.labels(type=payload.message_type).inc()
+    uow.on_commit(counter.labels(type=payload.message_type).inc)  # counted only if it is published
     return envelope
+
+
+def count_lifecycle_events_on_commit(uow: UnitOfWork, events: Iterable[Payload]) -> None:
+    """Count ``events`` (staged with ``publish_many``) in ``LIFECYCLE_EVENTS`` once ``uow`` commits."""
+    by_type = Counter(event.message_type for event in events)
+
+    def count() -> None:
+        for message_type, n in by_type.items():
+            metrics.LIFECYCLE_EVENTS.labels(type=message_type).inc(n)
+
+    if by_type:
+        uow.on_commit(count)
