@@ -27,7 +27,7 @@ from action_queue import metrics
 from action_queue.domain import ActionStatus, Actor, DomainError, InvalidField, ManualAction, NotAllowed
 from action_queue.domain.model import TERMINAL
 from action_queue.handlers.ports import BulkOperation, BulkRequest, BulkStatus, UnitOfWork
-from action_queue.handlers.publishing import count_lifecycle_events_on_commit, envelope_for, topic_of
+from action_queue.handlers.publishing import envelope_for, publish_all, topic_of
 from action_queue.handlers.queue import require_in_scope
 from manual_actions.contracts import Envelope, Payload
 
@@ -122,8 +122,7 @@ async def run_chunk(uow: UnitOfWork, now: datetime, *, chunk: int = DEFAULT_CHUN
             changed.append(action)
             messages.append((topic_of(event), envelope_for(action, event)))
         await uow.actions.save_many(changed)
-        await uow.publish_many(messages)
-        count_lifecycle_events_on_commit(uow, (envelope.data for _, envelope in messages))
+        await publish_all(uow, messages)
         if ids:
             request.last_id = ids[-1]
         if len(ids) < chunk:

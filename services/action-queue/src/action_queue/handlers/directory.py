@@ -28,7 +28,7 @@ from action_queue.domain.model import TERMINAL
 from action_queue.domain.people import OutOfOffice, UserState
 from action_queue.handlers.materialise import CONSUMER, UnprocessableMessage
 from action_queue.handlers.ports import ActionFilter, UnitOfWork, UnitOfWorkFactory
-from action_queue.handlers.publishing import count_lifecycle_events_on_commit, envelope_for, publish, topic_of
+from action_queue.handlers.publishing import envelope_for, publish, publish_all, topic_of
 from manual_actions.contracts import ActionType, Envelope
 from manual_actions.contracts.messages import CancelAction, ContactUpdated, UserUpdated
 
@@ -125,8 +125,7 @@ async def redistribute(uow: UnitOfWork, tenant: str, user: UserState, now: datet
         moved.append(action)
         messages.append((topic_of(event), envelope_for(action, event)))
     await uow.actions.save_many(moved)
-    await uow.publish_many(messages)
-    count_lifecycle_events_on_commit(uow, (envelope.data for _, envelope in messages))
+    await publish_all(uow, messages)
     return len(moved)
 
 

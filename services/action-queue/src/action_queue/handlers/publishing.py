@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from action_queue import metrics
 from action_queue.domain import ManualAction
@@ -44,18 +44,26 @@ async def publish(uow: UnitOfWork, action: ManualAction, payload: Payload,
     after the transition that returned it, before the next one, so it carries its own sequence."""
     envelope = envelope_for(action, payload, causation_id)
     await uow.publish(topic_of(payload), envelope)
-    counter = metrics.COMMANDS_ISSUED if payload.kind == "command" else metrics.LIFECYCLE_EVENTS
-    uow.on_commit(counter.labels(type=payload.message_type).inc)  # counted only if it is published
+    _count_on_commit(uow, [payload])
     return envelope
 
 
-def count_lifecycle_events_on_commit(uow: UnitOfWork, events: Iterable[Payload]) -> None:
-    """Count ``events`` (staged with ``publish_many``) in ``LIFECYCLE_EVENTS`` once ``uow`` commits."""
-    by_type = Counter(event.message_type for event in events)
+async def publish_all(uow: UnitOfWork, messages: Sequence[tuple[str, Envelope[Payload]]]) -> None:
+    """``publish`` for many envelopes made with ``envelope_for`` (each right after its transition),
+    staged in one round trip, in order."""
+    await uow.publish_many(messages)
+    _count_on_commit(uow, [envelope.data for _, envelope in messages])
+
+
+def _count_on_commit(uow: UnitOfWork, payloads: Sequence[Payload]) -> None:
+    """Count ``payloads`` as issued commands or published lifecycle events once ``uow`` commits (a
+    rolled-back change, or a lost Let's Start race, counts nothing)."""
+    by_kind = Counter((payload.kind == "command", payload.message_type) for payload in payloads)
 
     def count() -> None:
-        for message_type, n in by_type.items():
-            metrics.LIFECYCLE_EVENTS.labels(type=message_type).inc(n)
+        for (command, message_type), n in by_kind.items():
+            counter = metrics.COMMANDS_ISSUED if command else metrics.LIFECYCLE_EVENTS
+            counter.labels(type=message_type).inc(n)
 
-    if by_type:
+    if by_kind:
         uow.on_commit(count)
