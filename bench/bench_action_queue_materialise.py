@@ -22,6 +22,12 @@ rebalance is part of it; with one process it also prints the consumer process's 
 ``BENCH_PROFILE=<file>`` writes a cProfile of the materialisation phase of this process (consumer
 loop, decoding, handler).
 
+``./dev bench -k insert_ceiling`` measures what PostgreSQL alone allows on this machine: the same
+envelopes decoded and turned into COPY rows before the clock starts, then only the COPYs into a
+fresh action-queue database, one transaction per 500 rows, from ``PROCESSES`` connections at once
+(``BENCH_MATERIALISE_PROCESSES``), with the CPU of their PostgreSQL backends per row. No Kafka and
+no decoding: an upper bound for materialisation with this schema, not a rate it can reach.
+
 ``python bench/bench_action_queue_materialise.py --decode`` (no stack needed) is the micro benchmark
 of decoding alone: µs per message of ``kafka.decode_record`` (what the consumer calls), of the
 reference ``contracts.decode``, and of the fast path before decision 0024
@@ -32,6 +38,7 @@ with the collector off and as in a service (``tune_garbage_collector``, 500 enve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import gc
 import os
@@ -49,6 +56,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from sqlalchemy import func, select
 
+from action_queue.adapters.materialise_sql import QUEUED_COLUMNS, queued_record
 from action_queue.adapters.tables import manual_actions
 from action_queue.entrypoints.consumer import batch_handler
 from action_queue.entrypoints.main import (
@@ -58,7 +66,9 @@ from action_queue.entrypoints.main import (
     consumer_only,
     default_consumer_processes,
 )
-from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope
+from action_queue.handlers.ports import NewAction
+from manual_actions.contracts import ActionQueued, ActionType, ContactSnapshot, Envelope, decode
+from manual_actions.db import driver_connection
 from manual_actions.kafka import BatchConsumer, BatchHandler, Delivered, TopicSpec, ensure_topics
 from manual_actions.service import run_service, tune_garbage_collector
 
@@ -253,6 +263,57 @@ async def test_materialisation_throughput(stack: Any) -> None:
     # Epoch seconds of the timed window, to match samples of other processes' CPU against it.
     print(f"timed window (epoch s): {min(firsts):.2f} {finished:.2f}")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+async def test_insert_ceiling(stack: Any) -> None:
+    """PostgreSQL's own ceiling for materialisation's inserts (see the module docstring)."""
+    settings = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap,
+                        database_url=stack.database_url(f"aq_bench_ceil_{uuid.uuid4().hex[:8]}"),
+                        identity_database_url=stack.database_url("identity"))
+    service = await build_service(settings)  # migrates the fresh database
+    records = [queued_record(NewAction(tenant, envelope.data, envelope.sequence))
+               for value, _, tenant in _events(COUNT) for envelope in [decode(value)]]
+    batches = [records[start:start + 500] for start in range(0, len(records), 500)]
+    engine = service.uow.engine
+    try:
+        async with contextlib.AsyncExitStack() as stack_of_connections:
+            connections = [await stack_of_connections.enter_async_context(engine.connect())
+                           for _ in range(PROCESSES)]
+            drivers = [await driver_connection(conn) for conn in connections]
+            backends = [await driver.fetchval("SELECT pg_backend_pid()") for driver in drivers]
+            queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
+            for batch in batches:
+                queue.put_nowait(batch)
+
+            async def worker(driver: Any) -> None:
+                while not queue.empty():
+                    batch = queue.get_nowait()
+                    async with driver.transaction():
+                        await driver.copy_records_to_table("manual_actions", records=batch,
+                                                           columns=QUEUED_COLUMNS)
+
+            cpu_before = sum(_process_cpu(pid) for pid in backends)
+            started, client_started = time.perf_counter(), time.process_time()
+            await asyncio.gather(*(worker(driver) for driver in drivers))
+            seconds, client_cpu = time.perf_counter() - started, time.process_time() - client_started
+            backend_cpu = sum(_process_cpu(pid) for pid in backends) - cpu_before
+        async with engine.connect() as conn:
+            stored = (await conn.execute(select(func.count()).select_from(manual_actions))).scalar_one()
+        assert stored == COUNT, stored
+    finally:
+        for callback in service.on_shutdown:
+            await callback()
+    print(f"\nCOPY only ({COUNT} rows built beforehand, {PROCESSES} connections, 500 per transaction): "
+          f"{seconds:.2f}s, {COUNT / seconds:,.0f} rows/s; PostgreSQL backends' CPU "
+          f"{backend_cpu * 1e6 / COUNT:.1f} µs per row, this process's (asyncpg encoding the rows) "
+          f"{client_cpu * 1e6 / COUNT:.1f} µs per row; load average after: {os.getloadavg()[0]:.2f}")
+
+
+def _process_cpu(pid: int) -> float:
+    """Seconds of CPU (user + system) process ``pid`` has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _GcTime:
