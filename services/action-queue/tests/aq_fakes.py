@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -66,10 +66,11 @@ class FakeRepository:
         assert action.id in self._store
         self._store[action.id] = copy.deepcopy(action)
 
-    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
-                              now: datetime) -> ManualAction | None:
+    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID, now: datetime, *,
+                              passing_over: Collection[uuid.UUID] = ()) -> ManualAction | None:
         candidates = [a for a in self._store.values() if a.tenant == tenant
-                      and a.assignee_user_id == assignee_user_id and a.is_reservable(now)]
+                      and a.assignee_user_id == assignee_user_id and a.is_reservable(now)
+                      and a.id not in passing_over]
         candidates.sort(key=lambda a: a.queue_key())
         if not candidates:
             return None

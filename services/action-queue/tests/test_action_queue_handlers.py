@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from action_queue.domain import ActionNotFound, ActionStatus, Actor, InvalidTransition, NotAllowed
 from action_queue.handlers import materialise, queue
-from action_queue.handlers.ports import ActionFilter
+from action_queue.handlers.ports import ActionChanged, ActionFilter
 from manual_actions.contracts import (
     ActionCompleted,
     ActionType,
@@ -290,6 +290,36 @@ async def test_an_action_another_device_took_meanwhile_is_passed_over_for_the_ne
     # This call published only its own reservation: nothing about the action it lost.
     assert _reserved_events(uow) == [str(second)]
     assert uow.statuses() == {first: ActionStatus.RESERVED, second: ActionStatus.RESERVED}
+
+
+class _HeldUnitOfWork(FakeUnitOfWork):
+    """Another transaction holds the actions in ``held`` (a manager's bulk chunk, say): a commit
+    that would change one of them fails with nothing written, as the SQL unit of work's does."""
+
+    held: frozenset[uuid.UUID] = frozenset()
+
+    async def commit(self) -> None:
+        for action_id in self.held & set(self._repo.read_versions):
+            if self._work[action_id].version != self.store[action_id].version:
+                raise ActionChanged(action_id)
+        await super().commit()
+
+
+async def test_an_action_another_transaction_holds_is_passed_over_and_left_as_it_was() -> None:
+    uow = _HeldUnitOfWork()
+    first = await queue_action(uow, priority=5)
+    second = await queue_action(uow, priority=1)
+    uow.outbox.clear()
+    uow.held = frozenset({first})
+    # Unchanged, the held action is still the head of the queue: this Let's Start must not read it
+    # again, or it would pass it over until its limit and answer that nothing is available.
+    got = await queue.reserve_next(uow, agent, now=NOW)
+    assert got is not None and got.id == second
+    assert _reserved_events(uow) == [str(second)]
+    assert uow.statuses() == {first: ActionStatus.QUEUED, second: ActionStatus.RESERVED}
+    uow.held = frozenset()
+    again = await queue.reserve_next(uow, agent, now=NOW)
+    assert again is not None and again.id == first
 
 
 def _published(message_type: str) -> float:

@@ -19,7 +19,7 @@ from aq_harness import Harness
 from sqlalchemy import event, select, text
 
 from action_queue.adapters.sql import SqlUnitOfWorkFactory
-from action_queue.adapters.tables import outbox
+from action_queue.adapters.tables import manual_actions, outbox
 from action_queue.domain import ActionStatus, Actor, ManualAction
 from action_queue.domain.checks import ContactState
 from action_queue.domain.people import OUT_OF_OFFICE, OutOfOffice, QueueSettings, UserState
@@ -122,6 +122,28 @@ async def test_blocked_actions_are_skipped_and_everything_commits_in_order(aq: H
     assert skipped is not None and skipped.status is ActionStatus.SKIPPED and skipped.status_reason
     assert await _outbox_of(aq, blocked.id, fine.id) == [("ActionSkipped", 2, str(blocked.id)),
                                                          ("ActionReserved", 2, str(fine.id))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_candidate_another_transaction_holds_is_passed_over_without_waiting(
+        aq: Harness, kind: str) -> None:
+    tenant = await aq.new_tenant()
+    agent = uuid.uuid4()
+    held, free = await _queue(aq, tenant, agent, 9, 1)
+    async with aq.service.uow.engine.connect() as other:
+        # As a bulk chunk or a background loop holds the actions it is changing, for as long as
+        # its transaction lasts.
+        await other.execute(select(manual_actions.c.id).where(manual_actions.c.id == held.id)
+                            .with_for_update())
+        reserved = await asyncio.wait_for(
+            queue.reserve_next(_units(aq, kind)(), Actor(tenant, agent, supervisor=False), now=NOW),
+            timeout=5)
+        await other.rollback()
+    assert reserved is not None and reserved.id == free.id
+    async with aq.service.uow() as uow:
+        untouched = await uow.actions.get(tenant, held.id)
+    assert untouched == held
+    assert await _outbox_of(aq, held.id, free.id) == [("ActionReserved", 2, str(free.id))]
 
 
 async def test_a_held_back_save_is_seen_by_the_next_read_and_lost_on_rollback(aq: Harness) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-from sqlalchemy import Select, and_, bindparam, func, literal, or_, select, text, true, tuple_
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Select, all_, and_, bindparam, func, literal, or_, select, text, true, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -254,7 +254,7 @@ class _Staged:
 _OUTBOX_ROWS_PER_STATEMENT = 1000  # six parameters each
 
 
-def _next_reservable_statement(*, locking: bool) -> Any:
+def _next_reservable_statement(*, locking: bool, passing_over: bool = False) -> Any:
     """The assignee's first reservable action by (priority desc, effective due time, queued_at, id),
     with its contact (``c_`` columns), the assignee's user row (``u_``) and the tenant's settings
     (``s_``). Always one row: its action columns are null when nothing is reservable, the others
@@ -263,7 +263,9 @@ def _next_reservable_statement(*, locking: bool) -> Any:
     ``locking`` (inside a transaction): the action is locked, SKIP LOCKED, so a row another caller
     is reserving right now is passed over. Outside one a lock would end with the statement and
     still cost a transaction id and a commit record: the version check of the UPDATE that follows
-    is what keeps two callers apart (docs/decisions/0026)."""
+    is what keeps two callers apart (docs/decisions/0026). ``passing_over``: the parameter
+    ``passed_over`` lists actions not to return (those this Let's Start found held by another
+    transaction, which an unlocking read would otherwise return again)."""
     tenant = bindparam("tenant", type_=t.c.tenant_id.type)
     assignee = bindparam("assignee", type_=t.c.assignee_user_id.type)
     now = bindparam("now", type_=t.c.queued_at.type)
@@ -280,6 +282,8 @@ def _next_reservable_statement(*, locking: bool) -> Any:
         .order_by(t.c.priority.desc(), t.c.effective_due_at, t.c.queued_at, t.c.id)
         .limit(1)
     )
+    if passing_over:
+        first = first.where(t.c.id != all_(bindparam("passed_over", type_=ARRAY(t.c.id.type))))
     if locking:
         first = first.with_for_update(skip_locked=True)
     candidate = first.lateral("m")
@@ -296,21 +300,29 @@ def _next_reservable_statement(*, locking: bool) -> Any:
 
 # Built once: constructing a statement this size (and its cache key) per call costs more CPU than
 # running it. Run on the driver directly: Let's Start's hot path (docs/decisions/0025).
-_NEXT_RESERVABLE = {locking: DriverStatement(_next_reservable_statement(locking=locking))
-                    for locking in (False, True)}
+_NEXT_RESERVABLE = {(locking, passing_over): DriverStatement(_next_reservable_statement(
+                        locking=locking, passing_over=passing_over))
+                    for locking in (False, True) for passing_over in (False, True)}
 
 
 def _save_statement(*, append_history: bool, checked: bool = False) -> Any:
     """UPDATE of every mutable column of one action (parameters ``key_id``, ``key_tenant`` and
     ``v_<column>``); with ``append_history`` the parameter ``v_history`` holds only the entries to
-    append; ``checked`` updates only while the stored version is ``key_version`` (the one read)."""
+    append; ``checked`` updates only while the stored version is ``key_version`` (the one read)
+    and the row is not locked by another transaction."""
     values: dict[str, Any] = {name: bindparam(f"v_{name}", type_=t.c[name].type) for name in _MUTABLE}
     if append_history:
         values["history"] = t.c.history.op("||")(bindparam("v_history", type_=JSONB))
-    statement = t.update().where(t.c.id == bindparam("key_id", type_=t.c.id.type),
-                                 t.c.tenant_id == bindparam("key_tenant", type_=t.c.tenant_id.type))
+    key = (t.c.id == bindparam("key_id", type_=t.c.id.type),
+           t.c.tenant_id == bindparam("key_tenant", type_=t.c.tenant_id.type))
+    statement = t.update().where(*key)
     if checked:
-        statement = statement.where(t.c.version == bindparam("key_version", type_=t.c.version.type))
+        # A row another transaction holds (a bulk chunk, a background loop changing it) is passed
+        # over at once, as the locking read passes it over, instead of the caller waiting for that
+        # transaction to end (docs/decisions/0026). NO KEY UPDATE: the lock the UPDATE takes anyway.
+        unlocked = select(t.c.id).where(*key).with_for_update(skip_locked=True, key_share=True)
+        statement = statement.where(t.c.version == bindparam("key_version", type_=t.c.version.type),
+                                    t.c.id == unlocked.scalar_subquery())
     return statement.values(**values, updated_at=func.now())
 
 
@@ -395,15 +407,17 @@ class SqlActionRepository:
         if result.rowcount != 1:
             raise LookupError(f"manual action {action.id} of tenant {action.tenant} vanished while saving")
 
-    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
-                              now: datetime) -> ManualAction | None:
+    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID, now: datetime, *,
+                              passing_over: Collection[uuid.UUID] = ()) -> ManualAction | None:
         await self._staged.flush_held_save(self._conn)
         # One round trip for everything Let's Start reads: the locked action, its contact (checks
         # at the moment of work, proposal), the caller (out of office, proposal: the caller is the
         # assignee) and the tenant's settings. The last three are kept for the repositories of
         # this unit of work to answer from (``_ReadAhead``).
-        parameters = {"tenant": tenant, "assignee": assignee_user_id, "now": now}
-        statement = _NEXT_RESERVABLE[not self._staged.optimistic]
+        parameters: dict[str, Any] = {"tenant": tenant, "assignee": assignee_user_id, "now": now}
+        if passing_over:
+            parameters["passed_over"] = list(passing_over)
+        statement = _NEXT_RESERVABLE[not self._staged.optimistic, bool(passing_over)]
         row = await statement.fetchrow(self._conn, parameters, driver=self._staged.driver)
         assert row is not None  # the statement always returns its one row
         read_ahead = self._read_ahead

@@ -7,7 +7,7 @@ The SQL implementation lives in ``action_queue.adapters``; unit tests use in-mem
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -294,12 +294,13 @@ class ActionRepository(Protocol):
     async def save(self, action: ManualAction) -> None:
         """Persist every mutable field of an action obtained from this repository."""
 
-    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID,
-                              now: datetime) -> ManualAction | None:
+    async def next_reservable(self, tenant: str, assignee_user_id: uuid.UUID, now: datetime, *,
+                              passing_over: Collection[uuid.UUID] = ()) -> ManualAction | None:
         """The assignee's first reservable action by (priority desc, effective due time, queued_at,
-        id), passing over rows another transaction holds locked. Its ``save`` writes only if nobody
-        changed the action since (compared by ``version``; ``ActionChanged`` from ``commit``
-        otherwise), so two callers never both reserve it; inside a transaction it is also locked."""
+        id), other than those in ``passing_over``. Its ``save`` writes only if nobody changed the
+        action since and no other transaction holds it (``ActionChanged`` from ``commit``
+        otherwise), so two callers never both reserve it and none waits for a bulk operation's
+        lock; inside a transaction it is also locked, and rows held by others are not read."""
 
     async def due(self, now: datetime, *, limit: int, tenant: str | None = None) -> Sequence[ManualAction]:
         """Lock and return up to ``limit`` actions (of any tenant, or of ``tenant``) that need the system

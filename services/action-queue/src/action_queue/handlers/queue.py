@@ -187,14 +187,16 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
 
     Each candidate is read and changed in a unit of work of its own (one commit each, so ``uow`` may
     be optimistic): one that someone else changed in between (``ActionChanged``: another device
-    reserved it, a manager reassigned it) is passed over, unchanged by this call."""
+    reserved it, a manager reassigned it, a bulk operation holds it right now) is passed over,
+    unchanged by this call."""
     user_id = require_user(actor)
     passed_over = 0
+    changed: list[uuid.UUID] = []
     while passed_over < MAX_PASSED_OVER_PER_START:
         async with uow:
             # One statement reads the candidate with the settings, the caller and the contact; the
             # reads below are answered from it.
-            action = await uow.actions.next_reservable(actor.tenant, user_id, now)
+            action = await uow.actions.next_reservable(actor.tenant, user_id, now, passing_over=changed)
             settings = await uow.settings.get(actor.tenant)
             if settings.out_of_office is OutOfOffice.HOLD:
                 me = await uow.users.get(actor.tenant, user_id)
@@ -215,6 +217,7 @@ async def reserve_next(uow: UnitOfWork, actor: Actor, *, now: datetime,
                 await uow.commit()
             except ActionChanged:
                 passed_over += 1
+                changed.append(action.id)
                 metrics.RESERVATIONS.labels(result="changed").inc()
                 continue
             if reason is None:
