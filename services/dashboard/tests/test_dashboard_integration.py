@@ -405,6 +405,34 @@ async def test_sigkill_between_state_and_delta_counts_once(
         await asyncio.to_thread(processes.stop)
 
 
+async def test_the_dashboard_alone_sets_up_a_fresh_identity_database(
+    harness: Harness, stack: Any, tmp_path: Path
+) -> None:
+    """Started before any other service, on an identity database nobody has set up yet, the
+    dashboard creates the identity tables as the other services do: a bad token is a 401, not a
+    server error, and a token issued afterwards is accepted."""
+    identity_url = stack.database_url(f"identity_fresh_{uuid.uuid4().hex[:8]}")
+    processes = ServiceProcesses(
+        stack, tmp_path / "processes", ports={"dashboard": free_ports(1)[0]},
+        extra_env={"FAUST_APP_ID": f"{harness.group}-fresh", "FAUST_DATADIR": str(tmp_path / "faust"),
+                   "IDENTITY_DATABASE_URL": identity_url},
+    )
+    engine = create_engine(identity_url, pool_size=1)
+    try:
+        await asyncio.to_thread(processes.start, ["dashboard"])
+        async with httpx.AsyncClient(base_url=processes.url("dashboard"), timeout=10) as client:
+            bad = await client.get("/v1/pending", headers={"Authorization": "Bearer ma_nope_nope"})
+            assert bad.status_code == 401, bad.text
+            identity = IdentityStore(engine)
+            tenant = await new_tenant(identity)
+            token = await identity.issue_token(tenant, Role.MANAGER, label="dashboard test")
+            body = await get_pending(client, token)
+            assert body["total"] == 0
+    finally:
+        await asyncio.to_thread(processes.stop)
+        await engine.dispose()
+
+
 async def test_failure_to_send_a_delta_crashes_without_committing(harness: Harness) -> None:
     """Producing the delta fails: the app must crash (``run`` raises) without acknowledging the
     message, so that the next start processes it again, rather than commit past it."""

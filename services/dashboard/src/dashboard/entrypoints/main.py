@@ -15,10 +15,9 @@ import threading
 from dashboard.entrypoints.api import build_app
 from dashboard.entrypoints.streams import DashboardStreams
 from dashboard.settings import DashboardSettings
-from manual_actions.auth import IDENTITY_POOL_SIZE, IdentityStore
-from manual_actions.db import create_engine
 from manual_actions.kafka import ensure_topics
 from manual_actions.logging import configure_logging
+from manual_actions.runtime import open_identity_store
 from manual_actions.service import run_service, serve
 
 logger = logging.getLogger("dashboard.main")
@@ -54,9 +53,9 @@ async def run(settings: DashboardSettings) -> None:
     await ensure_topics(
         settings.kafka_bootstrap_servers, replication_factor=settings.kafka_replication_factor
     )
-    identity_engine = create_engine(settings.identity_database_url, pool_size=IDENTITY_POOL_SIZE)
+    identity, identity_engine = await open_identity_store(settings)
     streams = DashboardStreams(settings)
-    app = build_app(streams, IdentityStore(identity_engine))
+    app = build_app(streams, identity)
     await serve(
         app,
         settings,
