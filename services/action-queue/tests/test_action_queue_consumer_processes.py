@@ -21,8 +21,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aq_factories import action_queued, wrap
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from action_queue import metrics
 from action_queue.entrypoints.main import (
     CONSUMER_ONLY,
     ChildMetricsDirectory,
@@ -191,6 +193,12 @@ def _consumer_samples(url: str, group: str) -> dict[str, dict[tuple[tuple[str, s
     return found
 
 
+def test_every_metric_of_the_service_is_merged_with_the_childrens() -> None:
+    declared = {name for name, value in vars(metrics).items() if isinstance(value, MetricWrapperBase)}
+    merged = {name for name, value in vars(metrics).items() if any(value is m for m in metrics.ALL)}
+    assert declared == merged
+
+
 def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stack: Any) -> None:
     processes, group = services
     processes.start([SERVICE])
@@ -210,6 +218,12 @@ def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stac
     _wait(all_counted, 60, f"the parent's /metrics counting all {sent} messages of the group")
     samples = _consumer_samples(url, group)
     assert set(samples["manual_actions_consumer_lag"].values()) == {0.0}
+    # The service's own metrics too: every action was materialised by one of the three processes.
+    text = httpx.get(f"{url}/metrics", timeout=5.0).text
+    applied = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "action_queue_events_applied_total"
+               and sample.labels.get("type") == "ActionQueued"]
+    assert applied == [sent]
     # Each member's batches are counted: at least one per member that had messages.
     assert sum(samples["manual_actions_consumer_batches_total"].values()) >= 3
     assert sum(v for k, v in samples["manual_actions_consumer_handler_duration_seconds_count"].items()) >= 3

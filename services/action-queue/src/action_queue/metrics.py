@@ -74,3 +74,8 @@ BLOCKED = Counter(
     "Actions skipped by a check at the moment of work.",
     ["type"],
 )
+
+#: Every metric above: the service's child processes (see ``entrypoints.main``) count into them too,
+#: so the parent exports each merged with the children's values.
+ALL = (EVENTS_APPLIED, EVENTS_IGNORED, RESERVATIONS, COMMANDS_ISSUED, LIFECYCLE_EVENTS, MAINTENANCE,
+       MAINTENANCE_FAILURES, BULK_CHANGES, BLOCKED)

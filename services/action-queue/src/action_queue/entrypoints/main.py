@@ -40,6 +40,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from pydantic import AliasChoices, Field
 
+from action_queue import metrics
 from action_queue.adapters import migrations
 from action_queue.adapters.sql import SqlUnitOfWorkFactory
 from action_queue.entrypoints.consumer import GROUP_ID, TOPICS, batch_handler
@@ -289,7 +290,7 @@ async def run(settings: Settings) -> None:
     metrics_dir: ChildMetricsDirectory | None = None
     if settings.consumer_processes > 1:
         metrics_dir = ChildMetricsDirectory(settings.consumer_metrics_dir)
-        ChildProcessMetrics(metrics_dir.path, CONSUMER_METRICS).install()
+        ChildProcessMetrics(metrics_dir.path, (*CONSUMER_METRICS, *metrics.ALL)).install()
         on_shutdown = [*on_shutdown, metrics_dir.close]
     children = ConsumerChildren(settings.consumer_processes - 1,
                                 metrics_dir=metrics_dir.path if metrics_dir else None)
