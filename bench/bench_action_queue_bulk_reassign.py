@@ -59,7 +59,8 @@ async def test_bulk_reassign_of_100k_actions(stack: Any) -> None:
     service = await build_service(settings)
     tune_garbage_collector()  # as run_service does in the service's process
     # relay and bulk loop only: the consumer is not part of what is measured
-    loops = [asyncio.create_task(loop()) for loop in service.background if "Consumer" not in repr(loop)]
+    loops = [asyncio.create_task(loop()) for loop in [*service.background, *service.worker_loops]
+             if "Consumer" not in repr(loop)]
     identity_engine = create_engine(settings.identity_database_url, pool_size=2)
     identity = IdentityStore(identity_engine)
     tenant = f"bench-{uuid.uuid4().hex[:8]}"

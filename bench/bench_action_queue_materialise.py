@@ -378,7 +378,7 @@ async def _replica(topic: str) -> None:
         return timed
 
     print("ready", flush=True)
-    await consumer_only(Settings(), wrap=wrap, topics=[topic])
+    await consumer_only(Settings(), wrap=wrap, topics=[topic], with_worker_loops=False)
 
 
 def _decode_micro(rounds: int = 7, batches: int = 8, batch_size: int = 500) -> None:

@@ -30,7 +30,7 @@ async def aq(stack: Any) -> AsyncIterator[Harness]:
         bulk_chunk_size=500,
     )
     service = await build_service(settings)
-    loops = [asyncio.create_task(loop()) for loop in service.background]
+    loops = [asyncio.create_task(loop()) for loop in [*service.background, *service.worker_loops]]
     identity_engine = create_engine(settings.identity_database_url, pool_size=2)
     identity = IdentityStore(identity_engine)
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True, acks="all")

@@ -5,6 +5,7 @@ parent down with them (tested on the real ``action-queue`` executable, real Kafk
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,9 @@ from action_queue.entrypoints.main import (
     default_consumer_processes,
 )
 from devstack.processes import ServiceProcesses, free_ports
+from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import topics
+from manual_actions.db import create_engine
 
 SERVICE = "action-queue"
 
@@ -231,3 +234,35 @@ def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stac
     text = httpx.get(f"{url}/metrics", timeout=5.0).text
     assert text.count("# TYPE manual_actions_consumer_messages_total") <= 1
     assert text.count("# TYPE manual_actions_consumer_messages ") <= 1
+
+
+async def _admin_token(stack: Any) -> str:
+    # ServiceProcesses' identity database, named with its database prefix (see ``services``).
+    engine = create_engine(stack.database_url("procs_identity"), pool_size=1)
+    try:
+        identity = IdentityStore(engine)
+        await identity.create_schema()
+        tenant = f"procs{uuid.uuid4().hex[:10]}"
+        await identity.create_tenant(tenant, "Consumer processes test")
+        return await identity.issue_token(tenant, Role.ADMIN, None, label="consumer processes test")
+    finally:
+        await engine.dispose()
+
+
+def test_bulk_requests_are_worked_by_a_child_away_from_the_api(services: Any, stack: Any) -> None:
+    processes, _ = services
+    processes.start([SERVICE])
+    url = processes.url(SERVICE)
+    headers = {"Authorization": f"Bearer {asyncio.run(_admin_token(stack))}"}
+    request_id = f"procs-{uuid.uuid4()}"
+    accepted = httpx.post(f"{url}/v1/actions/bulk", headers=headers, timeout=10.0, json={
+        "request_id": request_id, "operation": "delete", "filter": {"assignee_user_id": str(uuid.uuid4())}})
+    assert accepted.status_code == 202, accepted.text
+    _wait(lambda: httpx.get(f"{url}/v1/actions/bulk/{request_id}", headers=headers,
+                            timeout=10.0).json()["status"] == "done", 30, "the bulk request done")
+    lines = [json.loads(line) for line in processes.log_path(SERVICE).read_text().splitlines()
+             if line.startswith("{")]
+    done = [line["service"] for line in lines
+            if line.get("message") == "bulk request done" and line.get("bulk_request_id") == request_id]
+    # The children log as "<service>-consumer"; the parent, which serves the API, as the service.
+    assert done == [f"{SERVICE}-consumer"]

@@ -1,10 +1,12 @@
 """Process start of action-queue: migrate, ensure topics, then serve HTTP, the outbox relay and the
 consumer in one event loop (``manual_actions.service.serve``), plus ``consumer_processes - 1``
-child processes that run only a consumer of the same group (docs/decisions/0021).
+child processes that run a consumer of the same group (docs/decisions/0021) and the worker loops.
 
 One consumer process is bound by its own Python CPU (decoding, building COPY rows, aiokafka's
 record unpacking), so materialisation scales with processes, not with tasks in one process. The
-children hold no HTTP port and no loop other than the consumer; the parent watches them:
+worker loops (bulk requests, 1,000 actions per transaction) run in the children when there are
+any: their chunks keep an event loop busy for 100 ms at a time, which would hold up every API
+request waiting on it. The children hold no HTTP port; the parent watches them:
 
 * a child stops with the parent: it asks the kernel for SIGTERM when its parent dies
   (``PR_SET_PDEATHSIG``) and the parent's shutdown terminates and waits for it;
@@ -15,10 +17,11 @@ children hold no HTTP port and no loop other than the consumer; the parent watch
   end is safe.
 
 Health and metrics stay on the parent: ``/ready`` answers for the service, and its ``/metrics``
-shows the consumer metrics of the whole service: the children write theirs in prometheus_client's
+shows the metrics of the whole service: the children write theirs in prometheus_client's
 multiprocess mode into a directory of the parent (``ACTION_QUEUE_CONSUMER_METRICS_DIR``, else a
-temporary directory the parent makes and removes), and the parent exports its own consumer metrics
-merged with theirs (``manual_actions.metrics.ChildProcessMetrics``).
+temporary directory the parent makes and removes), and the parent exports its consumer metrics and
+its own (``action_queue.metrics.ALL``) merged with theirs
+(``manual_actions.metrics.ChildProcessMetrics``).
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ class Settings(ServiceSettings):
         validation_alias=AliasChoices("action_queue_consumer_processes", "consumer_processes"),
         description="Consumer processes of the group this service runs (env "
                     "ACTION_QUEUE_CONSUMER_PROCESSES): the parent's own consumer plus children that "
-                    "run only a consumer. Default: cores + 1, at most 6 (action-lifecycle's partitions).")
+                    "run a consumer and the bulk-request loop (in the parent when there is no child). "
+                    "Default: cores + 1, at most 6 (action-lifecycle's partitions).")
     consumer_metrics_dir: str = Field(
         default="",
         validation_alias=AliasChoices("action_queue_consumer_metrics_dir", "consumer_metrics_dir"),
@@ -107,12 +111,23 @@ class Settings(ServiceSettings):
 
 @dataclass
 class Service:
-    """A wired, not yet running action-queue: the app, the loops to run, and what to close after."""
+    """A wired, not yet running action-queue: the app, the loops to run, and what to close after.
+    ``worker_loops`` run in the consumer children when the service has any (``run``), else beside
+    ``background``."""
 
     app: FastAPI
     uow: SqlUnitOfWorkFactory
     background: list[BackgroundLoop] = field(default_factory=list)
+    worker_loops: list[BackgroundLoop] = field(default_factory=list)
     on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def worker_loops(settings: Settings, uow: SqlUnitOfWorkFactory) -> list[BackgroundLoop]:
+    """The loops of long CPU-heavy work, kept off the API's event loop when the service has child
+    processes: bulk requests, worked in chunks of ``bulk_chunk_size`` actions. Several processes
+    may run them: a running request is worked by one chunk at a time (its row is locked, SKIP
+    LOCKED, by the chunk's transaction)."""
+    return [BulkLoop(uow, chunk=settings.bulk_chunk_size).run]
 
 
 async def build_service(settings: Settings) -> Service:
@@ -126,13 +141,13 @@ async def build_service(settings: Settings) -> Service:
     app = build_app(uow, identity, engine, lease=timedelta(seconds=settings.reservation_lease_seconds))
     maintenance = MaintenanceLoop(uow, interval=settings.maintenance_interval_ms / 1000,
                                   batch_size=settings.maintenance_batch_size)
-    bulk = BulkLoop(uow, chunk=settings.bulk_chunk_size)
     out_of_office = OutOfOfficeLoop(uow, interval=settings.out_of_office_interval_ms / 1000)
     return Service(
         app=app,
         uow=uow,
-        background=[core.relay.run, consumer.run, maintenance.run, bulk.run, out_of_office.run,
+        background=[core.relay.run, consumer.run, maintenance.run, out_of_office.run,
                     identity.listen_for_revocations],
+        worker_loops=worker_loops(settings, uow),
         # The consumer dead-letters through the producer, so it stops first.
         on_shutdown=[consumer.stop, identity.stop_listening, *core.shutdown_steps(), identity_engine.dispose],
     )
@@ -216,24 +231,32 @@ def _die_with_parent() -> None:
 
 
 async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], BatchHandler] | None = None,
-                        topics: Sequence[str] = TOPICS) -> None:
-    """Run one consumer of the group until SIGTERM/SIGINT: no HTTP, no relay, no other loop.
+                        topics: Sequence[str] = TOPICS, with_worker_loops: bool = True) -> None:
+    """Run one consumer of the group and the ``worker_loops`` until SIGTERM/SIGINT: no HTTP, no
+    relay, no other loop.
 
-    The database is already migrated and the topics exist (the parent did it). The consumer gets
-    its own small engine and its own producer for dead letters. ``wrap`` and ``topics`` are for the
-    benchmark (timing the handler, its own topic)."""
+    The database is already migrated and the topics exist (the parent did it). The process gets
+    its own small engine and its own producer for dead letters. ``wrap``, ``topics`` and
+    ``with_worker_loops`` are for the benchmark (timing the handler, its own topic, nothing else)."""
     engine = create_engine(settings.database_url, pool_size=2)
     producer = create_producer(settings)
     await producer.start()
-    handler = batch_handler(SqlUnitOfWorkFactory(engine))
+    uow = SqlUnitOfWorkFactory(engine)
+    handler = batch_handler(uow)
     consumer = BatchConsumer(settings, group_id=settings.consumer_group_id, topics=topics,
                              handler=wrap(handler) if wrap else handler, producer=producer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(consumer.stop()))
+    # Cancelled once the consumer stopped: a chunk cut short rolls back and is worked again later.
+    workers = [asyncio.ensure_future(run_loop()) for run_loop in worker_loops(settings, uow)
+               if with_worker_loops]
     try:
         await consumer.run()
     finally:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         await producer.stop()
         await engine.dispose()
 
@@ -295,7 +318,9 @@ async def run(settings: Settings) -> None:
     children = ConsumerChildren(settings.consumer_processes - 1,
                                 metrics_dir=metrics_dir.path if metrics_dir else None)
     await children.start()
-    await serve(service.app, settings, background=[*service.background, children.watch],
+    # The worker loops go with the children if there are any, away from the API's event loop.
+    here = service.worker_loops if settings.consumer_processes == 1 else []
+    await serve(service.app, settings, background=[*service.background, *here, children.watch],
                 # Children first: they are consumers of the group too, stopped before the parent's.
                 on_shutdown=[children.stop, *on_shutdown])
 

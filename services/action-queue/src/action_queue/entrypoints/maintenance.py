@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from action_queue import metrics
 from action_queue.handlers import bulk, directory, maintenance
-from action_queue.handlers.ports import UnitOfWorkFactory
+from action_queue.handlers.ports import BulkStatus, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,14 @@ class BulkLoop:
             try:
                 worked = True
                 while worked:
-                    worked = await bulk.run_chunk(self._uow(), self._clock(), chunk=self._chunk) is not None
-                    await asyncio.sleep(0)  # let HTTP requests in between chunks
+                    request = await bulk.run_chunk(self._uow(), self._clock(), chunk=self._chunk)
+                    worked = request is not None
+                    if request is not None and request.status is BulkStatus.DONE:
+                        log.info("bulk request done", extra={
+                            "tenant": request.tenant, "bulk_request_id": request.request_id,
+                            "operation": request.operation.value, "matched": request.matched,
+                            "changed": request.changed, "unchanged": request.unchanged})
+                    await asyncio.sleep(0)  # let other tasks in between chunks
             except Exception:
                 log.exception("bulk chunk failed; retrying after the interval")
                 metrics.MAINTENANCE_FAILURES.inc()
