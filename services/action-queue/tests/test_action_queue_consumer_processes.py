@@ -221,12 +221,16 @@ def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stac
     _wait(all_counted, 60, f"the parent's /metrics counting all {sent} messages of the group")
     samples = _consumer_samples(url, group)
     assert set(samples["manual_actions_consumer_lag"].values()) == {0.0}
+
+    def applied() -> list[float]:
+        text = httpx.get(f"{url}/metrics", timeout=5.0).text
+        return [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                if sample.name == "action_queue_events_applied_total"
+                and sample.labels.get("type") == "ActionQueued"]
+
     # The service's own metrics too: every action was materialised by one of the three processes.
-    text = httpx.get(f"{url}/metrics", timeout=5.0).text
-    applied = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
-               if sample.name == "action_queue_events_applied_total"
-               and sample.labels.get("type") == "ActionQueued"]
-    assert applied == [sent]
+    # (Waited for: a batch's messages are counted when fetched, its actions when handled.)
+    _wait(lambda: applied() == [sent], 30, f"the parent's /metrics counting all {sent} actions applied")
     # Each member's batches are counted: at least one per member that had messages.
     assert sum(samples["manual_actions_consumer_batches_total"].values()) >= 3
     assert sum(v for k, v in samples["manual_actions_consumer_handler_duration_seconds_count"].items()) >= 3
