@@ -26,6 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from action_queue import metrics
+from action_queue.entrypoints import main
 from action_queue.entrypoints.main import (
     CONSUMER_ONLY,
     ChildMetricsDirectory,
@@ -36,6 +37,7 @@ from devstack.processes import ServiceProcesses, free_ports
 from manual_actions.auth import IdentityStore, Role
 from manual_actions.contracts import topics
 from manual_actions.db import create_engine
+from manual_actions.kafka import TopicSpec, ensure_topics
 
 SERVICE = "action-queue"
 
@@ -270,3 +272,21 @@ def test_bulk_requests_are_worked_by_a_child_away_from_the_api(services: Any, st
             if line.get("message") == "bulk request done" and line.get("bulk_request_id") == request_id]
     # The children log as "<service>-consumer"; the parent, which serves the API, as the service.
     assert done == [f"{SERVICE}-consumer"]
+
+
+async def test_a_worker_loop_that_crashes_ends_the_child_with_its_error(
+        stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bulk loop catches its failures; one that escapes would otherwise leave a child that
+    # consumes on while no bulk request is ever worked again.
+    async def crashing() -> None:
+        await asyncio.sleep(0.5)
+        raise RuntimeError("worker loop bug")
+
+    monkeypatch.setattr(main, "worker_loops", lambda settings, uow: [crashing])
+    settings = Settings(kafka_bootstrap_servers=stack.kafka_bootstrap,
+                        database_url=stack.database_url(f"procs_crash_{uuid.uuid4().hex[:8]}"),
+                        consumer_group_id=f"aq-procs-crash-{uuid.uuid4().hex[:8]}")
+    topic = f"aq-procs-crash-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(stack.kafka_bootstrap, topics=[TopicSpec(topic, partitions=1)])
+    with pytest.raises(RuntimeError, match="worker loop bug"):
+        await asyncio.wait_for(main.consumer_only(settings, topics=[topic]), timeout=60)

@@ -251,14 +251,27 @@ async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], Ba
     # Cancelled once the consumer stopped: a chunk cut short rolls back and is worked again later.
     workers = [asyncio.ensure_future(run_loop()) for run_loop in worker_loops(settings, uow)
                if with_worker_loops]
+
+    stopping: set[asyncio.Future[None]] = set()
+
+    def stop_if_crashed(worker: asyncio.Future[None]) -> None:
+        # A loop that crashed ends the process with its error, as in the parent (``serve``).
+        if not worker.cancelled() and worker.exception() is not None:
+            stopping.add(asyncio.ensure_future(consumer.stop()))
+
+    for worker in workers:
+        worker.add_done_callback(stop_if_crashed)
     try:
         await consumer.run()
     finally:
         for worker in workers:
             worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        outcomes = await asyncio.gather(*workers, return_exceptions=True)
         await producer.stop()
         await engine.dispose()
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
 
 
 # --- process start ------------------------------------------------------------------------------
