@@ -79,6 +79,39 @@ def _loop_name(loop: BackgroundLoop) -> str:
     return str(getattr(target, "__qualname__", None) or repr(target))
 
 
+async def supervise(
+    loop_fn: BackgroundLoop,
+    *,
+    stopping: Callable[[], bool],
+    on_failure: Callable[[str, Exception | None], None],
+) -> None:
+    """Run one background loop, which is expected to run until cancelled. If it raises, or
+    returns, while ``stopping()`` is false, this is logged (a crash also counts in
+    ``manual_actions_background_loop_crashes``) and ``on_failure`` gets the loop's name and its
+    exception (None when it returned); the caller then stops the process."""
+    name = _loop_name(loop_fn)
+    try:
+        await loop_fn()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        if stopping():
+            logger.exception("Background loop %s failed while stopping", name, extra={"loop": name})
+            return
+        logger.exception("Background loop %s crashed; stopping the service", name, extra={"loop": name})
+        BACKGROUND_LOOP_CRASHES.labels(loop=name).inc()
+        on_failure(name, exc)
+    else:
+        if stopping():
+            return
+        logger.error(
+            "Background loop %s returned while the service was running; stopping the service",
+            name,
+            extra={"loop": name},
+        )
+        on_failure(name, None)
+
+
 async def serve(
     app: FastAPI,
     settings: ServiceSettings,
@@ -121,28 +154,8 @@ async def serve(
             logger.info("Received %s; stopping", sig.name)
         request_stop()
 
-    async def supervise(loop_fn: BackgroundLoop) -> None:
-        name = _loop_name(loop_fn)
-        try:
-            await loop_fn()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if server.should_exit:
-                logger.exception("Background loop %s failed while stopping", name, extra={"loop": name})
-                return
-            logger.exception("Background loop %s crashed; stopping the service", name, extra={"loop": name})
-            BACKGROUND_LOOP_CRASHES.labels(loop=name).inc()
-            failed.append(name)
-        else:
-            if server.should_exit:
-                return
-            logger.error(
-                "Background loop %s returned while the service was running; stopping the service",
-                name,
-                extra={"loop": name},
-            )
-            failed.append(name)
+    def loop_failed(name: str, _: Exception | None) -> None:
+        failed.append(name)
         request_stop()
 
     loop = asyncio.get_running_loop()
@@ -156,7 +169,12 @@ async def serve(
             else:
                 installed.append(sig)
 
-    tasks = [asyncio.create_task(supervise(fn), name=_loop_name(fn)) for fn in background]
+    tasks = [
+        asyncio.create_task(
+            supervise(fn, stopping=lambda: server.should_exit, on_failure=loop_failed), name=_loop_name(fn)
+        )
+        for fn in background
+    ]
     try:
         await server.serve()
     finally:

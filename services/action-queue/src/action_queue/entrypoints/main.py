@@ -55,7 +55,7 @@ from manual_actions.kafka_metrics import CONSUMER_METRICS
 from manual_actions.logging import configure_logging
 from manual_actions.metrics import ChildProcessMetrics
 from manual_actions.runtime import open_identity_store, start_core
-from manual_actions.service import BackgroundLoop, run_service, serve
+from manual_actions.service import BackgroundLoop, run_service, serve, supervise
 from manual_actions.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -248,30 +248,29 @@ async def consumer_only(settings: Settings, *, wrap: Callable[[BatchHandler], Ba
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(consumer.stop()))
-    # Cancelled once the consumer stopped: a chunk cut short rolls back and is worked again later.
-    workers = [asyncio.ensure_future(run_loop()) for run_loop in worker_loops(settings, uow)
-               if with_worker_loops]
+    # A worker loop that fails ends the process with its error, as a background loop ends the
+    # parent (``serve``); once the consumer stopped they are cancelled (a chunk cut short rolls
+    # back and is worked again later).
+    failures: list[Exception] = []
+    stopping: list[asyncio.Future[None]] = []
 
-    stopping: set[asyncio.Future[None]] = set()
+    def worker_failed(name: str, exc: Exception | None) -> None:
+        failures.append(exc if exc is not None else RuntimeError(f"worker loop {name} returned"))
+        stopping.append(asyncio.ensure_future(consumer.stop()))
 
-    def stop_if_crashed(worker: asyncio.Future[None]) -> None:
-        # A loop that crashed ends the process with its error, as in the parent (``serve``).
-        if not worker.cancelled() and worker.exception() is not None:
-            stopping.add(asyncio.ensure_future(consumer.stop()))
-
-    for worker in workers:
-        worker.add_done_callback(stop_if_crashed)
+    workers = [asyncio.ensure_future(supervise(run_loop, stopping=lambda: bool(stopping),
+                                               on_failure=worker_failed))
+               for run_loop in worker_loops(settings, uow) if with_worker_loops]
     try:
         await consumer.run()
     finally:
         for worker in workers:
             worker.cancel()
-        outcomes = await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*workers, return_exceptions=True)
         await producer.stop()
         await engine.dispose()
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
+    if failures:
+        raise failures[0]
 
 
 # --- process start ------------------------------------------------------------------------------
