@@ -23,8 +23,8 @@ from manual_actions.contracts import ActionQueued, ActionType, Envelope
 class ActionChanged(Exception):
     """Raised when this unit of work's change to an action ``next_reservable`` returned is written
     (by ``commit`` at the latest) and someone else changed the action since it was read (another
-    device reserved it, a manager reassigned it). Nothing of the unit of work is kept; the caller
-    moves on."""
+    device reserved it, a manager reassigned it) or another transaction holds it right now (a bulk
+    chunk). Nothing of the unit of work is kept; the caller moves on."""
 
     def __init__(self, action_id: uuid.UUID) -> None:
         super().__init__(f"manual action {action_id} changed since it was read")
