@@ -13,7 +13,6 @@ more). Not part of the default test run (the file name does not start with ``tes
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import statistics
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _service_children import start_consumer_child
 from sqlalchemy import func, insert, select
 
 from action_queue.adapters import sql
@@ -63,14 +63,8 @@ async def _start_child(settings: Settings, bootstrap: str) -> asyncio.subprocess
     reads an empty topic of its own, so only its worker loops work."""
     topic = f"bench-aq-bulk-idle-{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, topics=[TopicSpec(topic, partitions=1)])
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, topic, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": settings.database_url,
-             "IDENTITY_DATABASE_URL": settings.identity_database_url,
-             "CONSUMER_GROUP_ID": f"{settings.consumer_group_id}-child"})
-    assert child.stdout is not None
-    assert (await asyncio.wait_for(child.stdout.readline(), timeout=60)).strip() == b"ready"
-    return child
+    return await start_consumer_child(__file__, topic, settings,
+                                      group_id=f"{settings.consumer_group_id}-child", ready_within=60)
 
 
 @pytest.mark.parametrize("bulk_in", ["api_process", "child_process"])

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from _service_children import start_consumer_child
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -342,15 +343,8 @@ async def _dead_letter_producer(bootstrap: str) -> AIOKafkaProducer:
 async def _start_replica(settings: Settings, topic: str, metrics_dir: str) -> asyncio.subprocess.Process:
     """A child process consuming ``topic`` in the same group with the same settings; returns once
     its service is built (it prints ``ready``)."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, topic, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-             "DATABASE_URL": settings.database_url, "IDENTITY_DATABASE_URL": settings.identity_database_url,
-             "CONSUMER_GROUP_ID": settings.consumer_group_id, "PROMETHEUS_MULTIPROC_DIR": metrics_dir})
-    assert child.stdout is not None
-    line = await asyncio.wait_for(child.stdout.readline(), timeout=120)
-    assert line.strip() == b"ready", line
-    return child
+    return await start_consumer_child(__file__, topic, settings,
+                                      extra_env={"PROMETHEUS_MULTIPROC_DIR": metrics_dir})
 
 
 async def _first_batch_of(replica: asyncio.subprocess.Process) -> float:
