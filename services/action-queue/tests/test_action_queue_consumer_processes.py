@@ -242,9 +242,8 @@ def test_the_parents_metrics_include_the_childrens_consumers(services: Any, stac
     assert text.count("# TYPE manual_actions_consumer_messages ") <= 1
 
 
-async def _admin_token(stack: Any) -> str:
-    # ServiceProcesses' identity database, named with its database prefix (see ``services``).
-    engine = create_engine(stack.database_url("procs_identity"), pool_size=1)
+async def _admin_token(processes: ServiceProcesses) -> str:
+    engine = create_engine(processes.env_for(SERVICE)["IDENTITY_DATABASE_URL"], pool_size=1)
     try:
         identity = IdentityStore(engine)
         await identity.create_schema()
@@ -255,11 +254,11 @@ async def _admin_token(stack: Any) -> str:
         await engine.dispose()
 
 
-def test_bulk_requests_are_worked_by_a_child_away_from_the_api(services: Any, stack: Any) -> None:
+def test_bulk_requests_are_worked_by_a_child_away_from_the_api(services: Any) -> None:
     processes, _ = services
     processes.start([SERVICE])
     url = processes.url(SERVICE)
-    headers = {"Authorization": f"Bearer {asyncio.run(_admin_token(stack))}"}
+    headers = {"Authorization": f"Bearer {asyncio.run(_admin_token(processes))}"}
     request_id = f"procs-{uuid.uuid4()}"
     accepted = httpx.post(f"{url}/v1/actions/bulk", headers=headers, timeout=10.0, json={
         "request_id": request_id, "operation": "delete", "filter": {"assignee_user_id": str(uuid.uuid4())}})
