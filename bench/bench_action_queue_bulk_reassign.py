@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _service_children import start_consumer_child
+from _bench_support import start_consumer_child
 from sqlalchemy import func, insert, select
 
 from action_queue.adapters import sql

@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from _service_children import start_consumer_child
+from _bench_support import process_cpu_seconds, start_consumer_child
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -293,11 +293,11 @@ async def test_insert_ceiling(stack: Any) -> None:
                         await driver.copy_records_to_table("manual_actions", records=batch,
                                                            columns=QUEUED_COLUMNS)
 
-            cpu_before = sum(_process_cpu(pid) for pid in backends)
+            cpu_before = sum(process_cpu_seconds(pid) for pid in backends)
             started, client_started = time.perf_counter(), time.process_time()
             await asyncio.gather(*(worker(driver) for driver in drivers))
             seconds, client_cpu = time.perf_counter() - started, time.process_time() - client_started
-            backend_cpu = sum(_process_cpu(pid) for pid in backends) - cpu_before
+            backend_cpu = sum(process_cpu_seconds(pid) for pid in backends) - cpu_before
         async with engine.connect() as conn:
             stored = (await conn.execute(select(func.count()).select_from(manual_actions))).scalar_one()
         assert stored == COUNT, stored
@@ -308,13 +308,6 @@ async def test_insert_ceiling(stack: Any) -> None:
           f"{seconds:.2f}s, {COUNT / seconds:,.0f} rows/s; PostgreSQL backends' CPU "
           f"{backend_cpu * 1e6 / COUNT:.1f} µs per row, this process's (asyncpg encoding the rows) "
           f"{client_cpu * 1e6 / COUNT:.1f} µs per row; load average after: {os.getloadavg()[0]:.2f}")
-
-
-def _process_cpu(pid: int) -> float:
-    """Seconds of CPU (user + system) process ``pid`` has used (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _GcTime:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _bench_support import process_cpu_seconds
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import text
@@ -222,18 +223,13 @@ def _postgres_cpu_seconds(stack: Any) -> float:
     and every live backend (``/proc``; Linux)."""
     data_dir = Path(json.loads(Path(stack.state_file).read_text())["postgres"]["data_dir"])
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def fields(pid: int) -> list[str]:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-    total = sum(int(x) for x in fields(postmaster)[11:15])  # utime, stime, cutime, cstime
+    total = process_cpu_seconds(postmaster, with_reaped_children=True)
     for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
         try:
-            total += sum(int(x) for x in fields(int(child))[11:13])
-        except FileNotFoundError:  # ended meanwhile; counted in cutime/cstime from now on
+            total += process_cpu_seconds(int(child))
+        except FileNotFoundError:  # ended meanwhile; counted in the postmaster's reaped children's
             continue
-    return total / tick
+    return total
 
 
 async def _in_process(stack: Any) -> None:
